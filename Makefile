@@ -5,7 +5,6 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedmoe-installed
-# One torch thread per process unless the caller says otherwise (2-core machines).
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: run test setup data lint clean

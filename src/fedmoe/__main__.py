@@ -1,0 +1,3 @@
+from fedmoe.cli import main
+
+main()
