@@ -81,3 +81,8 @@ def uniform(
 def permutations(keys: torch.Tensor, counter: int, n: int) -> torch.Tensor:
     """A random permutation of ``range(n)`` per key: int64 ``(K, n)``."""
     return torch.argsort(random_words(keys, counter, n), dim=1, stable=True)
+
+
+def subkeys(keys: torch.Tensor, purpose: int) -> torch.Tensor:
+    """Independent keys for a sub-purpose (batch order, dropout, ...) of each key."""
+    return _hash32((keys + hash_int(purpose, 0x5EED)) & _MASK32)

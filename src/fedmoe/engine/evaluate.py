@@ -1,0 +1,50 @@
+"""Vectorised evaluation: K models on K data sets (or one shared set), in bounded batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fedmoe.engine.cohort import ClientData
+from fedmoe.engine.objective import Objective
+from fedmoe.models import Params
+
+#: Upper bound on examples (summed over clients) in one evaluation forward pass.
+EVAL_EXAMPLES = 20_000
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Per-client results: mean NLL ``loss``, ``accuracy`` in [0, 1], example count ``n``
+    (each ``(K,)``). A client with no examples has NaN loss and accuracy."""
+
+    loss: torch.Tensor
+    accuracy: torch.Tensor
+    n: torch.Tensor
+
+
+def nll(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-example negative log-likelihood: ``(K, B, C), (K, B) -> (K, B)``."""
+    return -log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def evaluate(
+    objective: Objective, params: Params, data: ClientData, max_examples: int = EVAL_EXAMPLES
+) -> Evaluation:
+    """Evaluate K models (``params`` stacked on axis 0) on the K clients of ``data``."""
+    k = data.num_clients
+    width = max(1, max_examples // max(k, 1))
+    device = data.index.device
+    loss = torch.zeros(k, dtype=torch.float64, device=device)
+    correct = torch.zeros(k, dtype=torch.float64, device=device)
+    limit = int(data.n.max()) if k else 0
+    for start in range(0, limit, width):
+        positions = torch.arange(start, min(start + width, limit), device=device).expand(k, -1)
+        x, y, valid = data.batch(positions)
+        log_probs = objective.log_probs(params, x, None)
+        loss += torch.where(valid, nll(log_probs, y), 0.0).sum(1, dtype=torch.float64)
+        correct += ((log_probs.argmax(-1) == y) & valid).sum(1, dtype=torch.float64)
+    n = data.n.to(torch.float64)
+    return Evaluation(loss / n, correct / n, data.n)

@@ -1,0 +1,118 @@
+"""Batched optimisers over stacked parameters, with a per-client step mask.
+
+State tensors have the parameters' shapes (leading client axis ``K``). A client whose
+mask entry is ``False`` is left exactly as it was: parameters, moments and step count.
+The update arithmetic follows ``torch.optim.Adam`` / ``torch.optim.SGD`` (single-tensor
+implementation, L2 ``weight_decay`` added to the gradient) so the engine reproduces a
+plain per-client PyTorch loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+
+from fedmoe.errors import ConfigError
+from fedmoe.models import Params
+
+OptimizerName = Literal["adam", "sgd"]
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Hyper-parameters of the local optimiser."""
+
+    name: OptimizerName = "adam"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+class BatchedOptimizer(Protocol):
+    """An optimiser over K clients' stacked parameters."""
+
+    def step(self, params: Params, grads: Params, active: torch.Tensor) -> None:
+        """Update ``params`` in place for clients where ``active`` (bool ``(K,)``) holds."""
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep only the state of clients ``index`` (when a cohort is compacted)."""
+
+
+def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+class BatchedAdam:
+    """Adam for K clients at once; each client has its own step count."""
+
+    def __init__(self, params: Params, cfg: OptimizerConfig) -> None:
+        self.cfg = cfg
+        first = next(iter(params.values()))
+        self.steps = torch.zeros(first.shape[0], dtype=torch.int64, device=first.device)
+        self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
+
+    def step(self, params: Params, grads: Params, active: torch.Tensor) -> None:
+        b1, b2 = self.cfg.betas
+        self.steps += active.to(torch.int64)
+        t = self.steps.clamp(min=1).to(torch.float64)
+        step_size = (self.cfg.lr / (1.0 - b1**t)).to(next(iter(params.values())).dtype)
+        bc2_sqrt = torch.sqrt(1.0 - b2**t).to(step_size.dtype)
+        for name, p in params.items():
+            g = grads[name]
+            if self.cfg.weight_decay:
+                g = g.add(p, alpha=self.cfg.weight_decay)
+            mask = _expand(active, p)
+            m, v = self.exp_avg[name], self.exp_avg_sq[name]
+            m.copy_(torch.where(mask, torch.lerp(m, g, 1.0 - b1), m))
+            v.copy_(torch.where(mask, v.mul(b2).addcmul(g, g, value=1.0 - b2), v))
+            denom = (v.sqrt() / _expand(bc2_sqrt, p)).add_(self.cfg.eps)
+            update = m / denom * _expand(step_size, p)
+            p.copy_(torch.where(mask, p - update, p))
+
+    def select(self, index: torch.Tensor) -> None:
+        self.steps = self.steps[index]
+        self.exp_avg = {n: t[index] for n, t in self.exp_avg.items()}
+        self.exp_avg_sq = {n: t[index] for n, t in self.exp_avg_sq.items()}
+
+
+class BatchedSGD:
+    """SGD (optionally with momentum) for K clients at once."""
+
+    def __init__(self, params: Params, cfg: OptimizerConfig) -> None:
+        self.cfg = cfg
+        first = next(iter(params.values()))
+        self.buf: Params = {}
+        self.started = torch.zeros(first.shape[0], dtype=torch.bool, device=first.device)
+
+    def step(self, params: Params, grads: Params, active: torch.Tensor) -> None:
+        for name, p in params.items():
+            g = grads[name]
+            if self.cfg.weight_decay:
+                g = g.add(p, alpha=self.cfg.weight_decay)
+            mask = _expand(active, p)
+            if self.cfg.momentum:
+                buf = self.buf.setdefault(name, torch.zeros_like(p))
+                fresh = _expand(~self.started, p)
+                new_buf = torch.where(fresh, g, buf.mul(self.cfg.momentum).add(g))
+                buf.copy_(torch.where(mask, new_buf, buf))
+                g = buf
+            p.copy_(torch.where(mask, p.add(g, alpha=-self.cfg.lr), p))
+        self.started |= active
+
+    def select(self, index: torch.Tensor) -> None:
+        self.started = self.started[index]
+        self.buf = {n: t[index] for n, t in self.buf.items()}
+
+
+def make_optimizer(params: Params, cfg: OptimizerConfig) -> BatchedOptimizer:
+    """The batched optimiser named by ``cfg.name``."""
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise ConfigError(f"learning rate must be a positive number, got {cfg.lr}")
+    factories = {"adam": BatchedAdam, "sgd": BatchedSGD}
+    return factories[cfg.name](params, cfg)
