@@ -114,5 +114,6 @@ def make_optimizer(params: Params, cfg: OptimizerConfig) -> BatchedOptimizer:
     """The batched optimiser named by ``cfg.name``."""
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise ConfigError(f"learning rate must be a positive number, got {cfg.lr}")
-    factories = {"adam": BatchedAdam, "sgd": BatchedSGD}
-    return factories[cfg.name](params, cfg)
+    if cfg.name == "adam":
+        return BatchedAdam(params, cfg)
+    return BatchedSGD(params, cfg)
