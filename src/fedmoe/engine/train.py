@@ -91,28 +91,43 @@ def train(
     keys: torch.Tensor,
     val: ClientData | None = None,
     progress: ProgressFn | None = None,
+    fixed: Params | None = None,
 ) -> TrainResult:
     """Train K clients' ``params`` (stacked, not modified) on ``data`` with ``keys``
     (int64 ``(K,)`` per-client random keys); ``val`` is required for early stopping.
-    Cohorts larger than ``cfg.max_cohort`` are trained chunk by chunk."""
+    ``fixed`` holds per-client parameters the objective reads but that are not trained
+    (stacked like ``params``, names disjoint from them). Cohorts larger than
+    ``cfg.max_cohort`` are trained chunk by chunk."""
     if cfg.early_stopping is not None and val is None:
         raise ValueError("early stopping needs validation data")
     k = data.num_clients
+    fixed = fixed or {}
     if k <= cfg.max_cohort:
-        return _train_cohort(objective, params, data, cfg, keys, val, progress)
+        return _train_cohort(objective, params, fixed, data, cfg, keys, val, progress)
     parts = []
     for start in range(0, k, cfg.max_cohort):
         idx = torch.arange(start, min(start + cfg.max_cohort, k), device=keys.device)
-        sub = {n: p[idx] for n, p in params.items()}
-        sub_val = None if val is None else val.select(idx)
         parts.append(
-            _train_cohort(objective, sub, data.select(idx), cfg, keys[idx], sub_val, progress)
+            _train_cohort(
+                objective,
+                _rows(params, idx),
+                _rows(fixed, idx),
+                data.select(idx),
+                cfg,
+                keys[idx],
+                None if val is None else val.select(idx),
+                progress,
+            )
         )
     return TrainResult(
         {n: torch.cat([r.params[n] for r in parts]) for n in params},
         torch.cat([r.epochs for r in parts]),
         torch.cat([r.best_loss for r in parts]),
     )
+
+
+def _rows(params: Params, index: torch.Tensor) -> Params:
+    return {n: p[index] for n, p in params.items()}
 
 
 class _Best:
@@ -140,6 +155,7 @@ class _Best:
 def _train_cohort(
     objective: Objective,
     params: Params,
+    fixed: Params,
     data: ClientData,
     cfg: TrainConfig,
     keys: torch.Tensor,
@@ -156,12 +172,12 @@ def _train_cohort(
     best: _Best | None = None
     if es is not None:
         assert val is not None
-        best = _Best(live, evaluate(objective, live, val, cfg.eval_examples).loss)
+        best = _Best(live, evaluate(objective, live | fixed, val, cfg.eval_examples).loss)
     for epoch in range(cfg.epochs):
         if where.numel() == 0:
             break
         cohort = data.select(where) if where.numel() < k else data
-        _run_epoch(objective, live, optimizer, cohort, keys[where], epoch, cfg.batch_size)
+        _run_epoch(objective, live, fixed, optimizer, cohort, keys[where], epoch, cfg.batch_size)
         epochs[where] += 1
         if progress is not None:
             progress(epoch + 1, int(where.numel()))
@@ -169,12 +185,13 @@ def _train_cohort(
         if not due:
             continue
         assert es is not None and best is not None and val is not None
-        loss = evaluate(objective, live, val.select(where), cfg.eval_examples).loss
+        loss = evaluate(objective, live | fixed, val.select(where), cfg.eval_examples).loss
         stop = best.check(live, where, loss, es)
         if bool(stop.any()):
             keep = torch.nonzero(~stop).squeeze(1)
             where = where[keep]
             live = {n: p.detach()[keep].requires_grad_(True) for n, p in live.items()}
+            fixed = _rows(fixed, keep)
             optimizer.select(keep)
     if best is None:
         nan = torch.full((k,), math.nan, dtype=torch.float64, device=device)
@@ -185,6 +202,7 @@ def _train_cohort(
 def _run_epoch(
     objective: Objective,
     live: Params,
+    fixed: Params,
     optimizer: BatchedOptimizer,
     data: ClientData,
     keys: torch.Tensor,
@@ -199,7 +217,7 @@ def _run_epoch(
         x, y, valid = data.batch(order[:, step * batch_size : (step + 1) * batch_size])
         count = valid.sum(1)
         dropout = Dropout(dropout_keys, epoch * STEPS_PER_EPOCH_LIMIT + step)
-        losses = torch.where(valid, nll(objective.log_probs(live, x, dropout), y), 0.0)
+        losses = torch.where(valid, nll(objective.log_probs(live | fixed, x, dropout), y), 0.0)
         per_client = losses.sum(1) / count.clamp(min=1)
         grads = torch.autograd.grad(per_client.sum(), tensors)
         with torch.no_grad():

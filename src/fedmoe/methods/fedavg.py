@@ -1,0 +1,146 @@
+"""Federated averaging: a pure server policy plus the embedded simulator's driver.
+
+:class:`FedAvgServer` holds the server's state and decisions (which clients train in a
+round, how updates are averaged, when to stop, which global model is best). The
+embedded simulator (:func:`federate`) drives it with the cohort engine; the Flower
+ServerApp drives the same object with messages to real nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedmoe import rng
+from fedmoe.engine import Classifier, ClientData, EarlyStopping, TrainConfig, evaluate, train
+from fedmoe.engine.train import ProgressFn
+from fedmoe.methods.params import broadcast
+from fedmoe.models import Network, Params
+
+
+@dataclass(frozen=True)
+class FedAvgConfig:
+    """``rounds`` is an upper bound when early stopping is on (checked in rounds)."""
+
+    rounds: int
+    clients_per_round: int
+    local: TrainConfig
+    early_stopping: EarlyStopping | None = None
+
+
+def aggregate(updates: Params, weights: torch.Tensor) -> Params:
+    """Weighted average of stacked client models: ``(m, ...)`` -> ``(1, ...)``.
+
+    ``weights`` (``(m,)``, e.g. sample counts) must be non-negative with a positive sum.
+    """
+    w = weights.to(torch.float64)
+    if w.numel() == 0 or bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise ValueError("aggregation weights must be non-negative with a positive sum")
+    w = w / w.sum()
+    out: Params = {}
+    for name, p in updates.items():
+        shaped = w.to(p.dtype).reshape(-1, *([1] * (p.dim() - 1)))
+        out[name] = (p * shaped).sum(0, keepdim=True)
+    return out
+
+
+@dataclass
+class RoundRecord:
+    """What happened in one round."""
+
+    round: int
+    clients: list[int]
+    val_loss: float
+    val_accuracy: float
+    improved: bool
+
+
+@dataclass
+class FedAvgServer:
+    """FedAvg's server-side state: the current and best global model and the history."""
+
+    params: Params
+    opt_in: np.ndarray
+    cfg: FedAvgConfig
+    seed: int
+    best_params: Params = field(init=False)
+    best_loss: float = field(init=False, default=float("inf"))
+    best_round: int = field(init=False, default=-1)
+    history: list[RoundRecord] = field(init=False, default_factory=list)
+    _wait: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        if len(self.opt_in) == 0:
+            raise ValueError("FedAvg needs at least one opt-in client")
+        self.best_params = {n: p.clone() for n, p in self.params.items()}
+
+    def sample(self, round_: int) -> np.ndarray:
+        """The opt-in clients that train in ``round_`` (sorted), seeded by (seed, round)."""
+        m = min(self.cfg.clients_per_round, len(self.opt_in))
+        gen = np.random.default_rng([self.seed, rng.phase_id("fedavg/sample"), round_])
+        return np.sort(gen.choice(self.opt_in, size=m, replace=False))
+
+    def aggregate(self, updates: Params, weights: torch.Tensor) -> None:
+        """Replace the global model by the weighted average of ``updates``."""
+        self.params = aggregate(updates, weights)
+
+    def record(self, round_: int, clients: list[int], val_loss: float, val_accuracy: float) -> bool:
+        """Record the global model's validation after ``round_``; keep a copy if it is the
+        best so far. Returns ``True`` when training should stop (early stopping)."""
+        es = self.cfg.early_stopping
+        delta = es.min_delta if es else 0.0
+        improved = val_loss < self.best_loss - delta
+        if improved or self.best_round < 0:
+            self.best_params = {n: p.clone() for n, p in self.params.items()}
+            self.best_loss, self.best_round = val_loss, round_
+        self._wait = 0 if improved else self._wait + 1
+        self.history.append(RoundRecord(round_, clients, val_loss, val_accuracy, improved))
+        return es is not None and self._wait >= es.patience
+
+
+@dataclass(frozen=True)
+class FedAvgResult:
+    """The best global model (client axis of length 1), its round, and the history."""
+
+    params: Params
+    best_round: int
+    history: list[RoundRecord]
+
+
+def federate(
+    net: Network,
+    init: Params,
+    train_data: ClientData,
+    val_data: ClientData,
+    opt_in: np.ndarray,
+    cfg: FedAvgConfig,
+    seed: int,
+    progress: ProgressFn | None = None,
+) -> FedAvgResult:
+    """Run FedAvg in the embedded simulator: each round's sampled clients train as one
+    cohort from the global model; the global model is validated on all opt-in clients'
+    validation sets after every round."""
+    server = FedAvgServer(init, np.asarray(opt_in, dtype=np.int64), cfg, seed)
+    objective = Classifier(net)
+    device = init[next(iter(init))].device
+    opt_in_t = torch.as_tensor(server.opt_in, device=device)
+    opt_in_val = val_data.select(opt_in_t)
+    for round_ in range(cfg.rounds):
+        clients = server.sample(round_)
+        idx = torch.as_tensor(clients, device=device)
+        keys = rng.client_keys(seed, idx.cpu(), f"fedavg/round/{round_}").to(device)
+        cohort = train_data.select(idx)
+        result = train(objective, broadcast(server.params, len(clients)), cohort, cfg.local, keys)
+        server.aggregate(result.params, cohort.n)
+        ev = evaluate(objective, broadcast(server.params, len(opt_in_t)), opt_in_val)
+        n = ev.n.to(torch.float64)
+        loss = float((ev.loss * n).sum() / n.sum())
+        acc = float((ev.accuracy * n).sum() / n.sum())
+        stop = server.record(round_, clients.tolist(), loss, acc)
+        if progress is not None:
+            progress(round_ + 1, len(clients))
+        if stop:
+            break
+    return FedAvgResult(server.best_params, server.best_round, server.history)

@@ -1,0 +1,82 @@
+"""The federated mixture of experts: a gate mixes a local specialist and the global model.
+
+    p(y|x) = g(x) p_specialist(y|x) + (1 - g(x)) p_global(y|x),    g(x) = sigmoid(a(x))
+
+computed in log space as ``logsumexp(log g + log p_s, log(1-g) + log p_g)`` with
+``log g = logsigmoid(a)`` and ``log(1-g) = logsigmoid(-a)``, so it is stable even when
+the gate saturates. The global expert is frozen and evaluated in eval mode (no dropout),
+unlike the reference code, which left it in train mode.
+
+The reference code's *log-linear pool* ``g log p_s + (1-g) log p_g`` (trained with NLL
+although it is not normalised) is available as ``pool="log-linear"`` for comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from fedmoe.engine import Dropout
+from fedmoe.methods.params import broadcast, unprefixed
+from fedmoe.models import Network, Params
+
+Pool = Literal["probability", "log-linear"]
+
+SPECIALIST, GATE = "specialist", "gate"
+
+
+@dataclass(frozen=True)
+class MixtureConfig:
+    """``pool``: how the experts are combined; ``train_specialist``: train specialist and
+    gate (the paper's default) or the gate alone."""
+
+    pool: Pool = "probability"
+    train_specialist: bool = True
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Objective over ``specialist.*`` and ``gate.*`` parameters with a frozen global
+    expert (``global_params``: client axis of length 1, shared by all clients)."""
+
+    expert: Network
+    gate: Network
+    global_params: Params
+    pool: Pool = "probability"
+
+    def parts(
+        self, params: Params, x: torch.Tensor, dropout: Dropout | None
+    ) -> tuple[torch.Tensor, ...]:
+        """Specialist log-probs ``(K,B,C)``, global log-probs ``(K,B,C)``, gate logits ``(K,B)``."""
+        k, b = x.shape[0], x.shape[1]
+        s_mask = None if dropout is None else dropout.mask(self.expert, b, x.dtype, slot=0)
+        g_mask = None if dropout is None else dropout.mask(self.gate, b, x.dtype, slot=1)
+        log_ps = self.expert.forward(unprefixed(params, SPECIALIST), x, s_mask)
+        logit = self.gate.forward(unprefixed(params, GATE), x, g_mask)
+        with torch.no_grad():
+            log_pg = self.expert.forward(broadcast(self.global_params, k), x, None)
+        return log_ps, log_pg, logit
+
+    def log_probs(self, params: Params, x: torch.Tensor, dropout: Dropout | None) -> torch.Tensor:
+        log_ps, log_pg, logit = self.parts(params, x, dropout)
+        return combine(log_ps, log_pg, logit, self.pool)
+
+    @torch.no_grad()
+    def gate_values(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """``g(x)`` in (0, 1), the weight on the specialist: ``(K, B)``."""
+        gate = unprefixed(params, GATE)
+        return torch.sigmoid(self.gate.forward(gate, x, None))
+
+
+def combine(
+    log_ps: torch.Tensor, log_pg: torch.Tensor, logit: torch.Tensor, pool: Pool
+) -> torch.Tensor:
+    """Mix expert log-probs with gate logits (see the module docstring)."""
+    a = logit.unsqueeze(-1)
+    if pool == "log-linear":
+        g = torch.sigmoid(a)
+        return g * log_ps + (1.0 - g) * log_pg
+    return torch.logaddexp(F.logsigmoid(a) + log_ps, F.logsigmoid(-a) + log_pg)
