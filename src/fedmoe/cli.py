@@ -1,0 +1,224 @@
+"""The ``fedmoe`` command line, thin over ``fedmoe.data`` and ``fedmoe.experiment``.
+
+Every user error (bad argument, file, config) ends as one line on stderr,
+``fedmoe: error: ...``, and exit status 2 (usage) or 1 (everything else).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedmoe.errors import FedmoeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Personalised federated learning with a federated mixture of experts.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Find, inspect and download datasets.")
+app.add_typer(data_app, name="data")
+
+console = Console()
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+@data_app.command("info")
+def data_info(
+    name: Annotated[str, typer.Argument(help="Dataset name, e.g. fashion-mnist.")],
+    data_dir: Annotated[Path | None, typer.Option(help="Look here first.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Where a dataset's files were found, its shapes, classes and per-class counts."""
+    from fedmoe.data import dataset_info
+
+    info = dataset_info(name, data_dir)
+    if as_json:
+        _print_json(info)
+        return
+    console.print(f"[bold]{info['name']}[/bold]: {info['title']}")
+    console.print(f"found in: {info['directory'] or 'built-in'}  (checksum: {info['checksum']})")
+    for f in info["files"]:
+        console.print(f"  {f['role']}: {f['path']}  [{f['checksum']}]")
+    shapes = info["shapes"]
+    console.print(
+        f"train: x {tuple(shapes['x_train'])} y {tuple(shapes['y_train'])}; "
+        f"test: x {tuple(shapes['x_test'])} y {tuple(shapes['y_test'])}; dtype {info['dtype']}"
+    )
+    table = Table("class", "name", "train", "test", title=f"{info['num_classes']} classes")
+    names = info["class_names"] or [""] * info["num_classes"]
+    counts = info["class_counts"]
+    for c in range(info["num_classes"]):
+        table.add_row(str(c), names[c], str(counts["train"][c]), str(counts["test"][c]))
+    console.print(table)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="Dataset name, e.g. fashion-mnist.")],
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Cache root (default: user cache).")
+    ] = None,
+    url_base: Annotated[str | None, typer.Option(help="Mirror to download from.")] = None,
+) -> None:
+    """Download a dataset into the cache and verify it."""
+    from fedmoe.data import fetch_dataset
+
+    result = fetch_dataset(name, cache_dir, url_base)
+    console.print(f"{result.name}: {result.directory or 'built-in'} ({result.checksum})")
+
+
+@app.command("partition")
+def partition_cmd(
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "fashion-mnist",
+    scheme: Annotated[str, typer.Option(help="majority, dirichlet, iid or shards.")] = "majority",
+    p: Annotated[float, typer.Option(help="Majority-class fraction (majority).")] = 0.8,
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration (dirichlet).")] = 0.5,
+    classes_per_client: Annotated[int, typer.Option(help="Classes per client (shards).")] = 2,
+    clients: Annotated[int, typer.Option(help="Number of clients.")] = 100,
+    train: Annotated[int, typer.Option(help="Train samples per client.")] = 100,
+    val: Annotated[int, typer.Option(help="Validation samples per client.")] = 200,
+    test: Annotated[int, typer.Option(help="Local-test samples per client.")] = 200,
+    overlap: Annotated[
+        bool, typer.Option("--overlap/--disjoint", help="Majority pairs shared or disjoint.")
+    ] = False,
+    opt_out: Annotated[float, typer.Option(help="Fraction of clients opting out.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    data_dir: Annotated[Path | None, typer.Option(help="Look for the dataset here first.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    indices: Annotated[
+        bool, typer.Option("--indices", help="Include index arrays (JSON).")
+    ] = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG of the label distribution.")
+    ] = None,
+) -> None:
+    """Split a dataset among clients and show each client's label mix."""
+    from fedmoe.data import load_dataset
+    from fedmoe.data.partition import make_partition, partition_to_json
+    from fedmoe.experiment.config import PartitionConfig, Scheme, check_choice
+    from fedmoe.experiment.protocol import partition_spec
+
+    check_choice("--scheme", scheme, typing.get_args(Scheme))
+    section = PartitionConfig(
+        scheme=typing.cast(Scheme, scheme),
+        clients=clients,
+        train=train,
+        val=val,
+        test=test,
+        p=p,
+        overlap=overlap,
+        alpha=alpha,
+        classes_per_client=classes_per_client,
+        opt_out=opt_out,
+    )
+    ds = load_dataset(dataset, data_dir)
+    part = make_partition(
+        partition_spec(section), ds.y_train, ds.y_test, ds.num_classes, seed, opt_out
+    )
+    if plot is not None:
+        from fedmoe.data.plot import plot_partition
+
+        plot_partition(part, ds.y_train, ds.num_classes, plot)
+    summary = partition_to_json(
+        part, ds.y_train, ds.y_test, ds.num_classes, include_indices=indices
+    )
+    if as_json:
+        _print_json(summary)
+        return
+    title = f"{dataset}: {part.scheme} {dict(part.params)}"
+    table = Table(
+        "client", "majority", "opt-out", "train counts", "val counts", "test counts", title=title
+    )
+    for c in summary["clients"]:
+        counts = c["counts"]
+        table.add_row(
+            str(c["id"]),
+            ",".join(map(str, c["majority"])) or "-",
+            "yes" if c["opt_out"] else "",
+            " ".join(map(str, counts["train"])),
+            " ".join(map(str, counts["val"])),
+            " ".join(map(str, counts["test"])),
+        )
+    console.print(table)
+    if plot is not None:
+        console.print(f"plot written to {plot}")
+
+
+@app.command("run")
+def run_cmd(
+    config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Start from a preset: quick or paper.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override: section.key=value.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write results.json, results.md, config.toml here.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Run the paper's protocol: FedAvg, then Local, FT and MoE for every client."""
+    from fedmoe.experiment import config as cfgmod
+    from fedmoe.experiment.presets import preset as get_preset
+    from fedmoe.experiment.protocol import run_experiment
+    from fedmoe.experiment.results import results_table, write_results
+    from fedmoe.progress import progress_bars
+
+    data: dict[str, Any] = get_preset(preset) if preset else {}
+    if config is not None:
+        data = _merge(data, cfgmod.load(config))
+    cfg = cfgmod.from_dict(cfgmod.apply_overrides(data, set_ or []))
+    with progress_bars(console, enabled=not quiet) as bars:
+        results = run_experiment(cfg, bars)
+    if out is not None:
+        write_results(results, out)
+    console.print(results_table(results))
+    if out is not None:
+        console.print(f"results written to {out}/results.json, results.md, config.toml")
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    line = " ".join(str(message).split())
+    sys.stderr.write(f"fedmoe: error: {line}\n")
+    raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning every user error into one line and a status."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except FedmoeError as exc:
+        _fail(str(exc), 1)
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("interrupted", 130)
+    except Exception as exc:
+        # Click's exceptions (typer vendors click, so match by interface, not by class).
+        format_message = getattr(exc, "format_message", None)
+        if not callable(format_message):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            sys.stdout.write(str(format_message()) + "\n")
+            raise SystemExit(0) from None
+        _fail(str(format_message()), int(getattr(exc, "exit_code", 1)))

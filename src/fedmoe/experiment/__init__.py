@@ -1,0 +1,1 @@
+"""Experiments: typed configuration, the paper's protocol, results."""

@@ -1,0 +1,69 @@
+"""Named starting configurations (overridden by a config file, then by ``--set``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedmoe.errors import ConfigError
+
+#: The reference sizes of the paper (see PAPER.md): 100 clients with 100 train / 200 val
+#: / 200 test samples, 5 clients per round, 3 local epochs, batch 10, Adam lr 5e-5
+#: (1e-5 for the mixture), checks every 5 epochs with patience 10 and min-delta 0.01.
+PAPER: dict[str, Any] = {
+    "dataset": "fashion-mnist",
+    "partition": {
+        "scheme": "majority",
+        "clients": 100,
+        "train": 100,
+        "val": 200,
+        "test": 200,
+        "p": 0.8,
+        "overlap": True,
+    },
+    "fedavg": {
+        "rounds": 500,
+        "clients_per_round": 5,
+        "local_epochs": 3,
+        "batch_size": 10,
+        "lr": 5e-5,
+    },
+    "personalise": {"epochs": 500, "batch_size": 10, "lr": 5e-5, "moe_lr": 1e-5},
+}
+
+#: A few minutes on a 2-core CPU: fewer clients, larger learning rates, fewer epochs.
+QUICK: dict[str, Any] = {
+    "dataset": "fashion-mnist",
+    "partition": {
+        "scheme": "majority",
+        "clients": 20,
+        "train": 100,
+        "val": 200,
+        "test": 200,
+        "p": 0.8,
+        "overlap": True,
+    },
+    "fedavg": {
+        "rounds": 60,
+        "clients_per_round": 5,
+        "local_epochs": 3,
+        "batch_size": 10,
+        "lr": 1e-3,
+        "stopping": {"check_every": 1, "patience": 10, "min_delta": 0.0},
+    },
+    "personalise": {
+        "epochs": 60,
+        "batch_size": 10,
+        "lr": 1e-4,
+        "moe_lr": 1e-4,
+        "stopping": {"check_every": 5, "patience": 3, "min_delta": 0.0},
+    },
+}
+
+PRESETS: dict[str, dict[str, Any]] = {"paper": PAPER, "quick": QUICK}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """A copy of the preset ``name``."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in PRESETS[name].items()}

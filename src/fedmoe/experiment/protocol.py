@@ -1,0 +1,329 @@
+"""The paper's protocol: federate, personalise every client, evaluate every method.
+
+config -> dataset arrays -> partition -> tensors on the device (once) -> FedAvg over
+opt-in clients -> FT, Local and MoE for every client (opt-out included) -> accuracy of
+FedAvg, Local, FT and MoE on each client's local test set and on the global test set.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+import fedmoe
+from fedmoe.data import ArrayDataset, load_dataset
+from fedmoe.data.partition import (
+    DirichletSpec,
+    IIDSpec,
+    MajoritySpec,
+    Partition,
+    PartitionSpec,
+    ShardsSpec,
+    Sizes,
+    make_partition,
+)
+from fedmoe.engine import (
+    Classifier,
+    ClientData,
+    EarlyStopping,
+    Objective,
+    OptimizerConfig,
+    TrainConfig,
+    evaluate,
+)
+from fedmoe.engine.evaluate import batches
+from fedmoe.engine.train import ProgressFn
+from fedmoe.errors import ConfigError
+from fedmoe.experiment.config import ExperimentConfig, PartitionConfig, StoppingConfig, to_dict
+from fedmoe.methods import FedAvgConfig, MixtureConfig, federate, finetune, local, moe
+from fedmoe.methods.mixture import Mixture
+from fedmoe.methods.params import broadcast
+from fedmoe.models import Network, Params, build_network, default_architecture
+
+METHODS = ("fedavg", "local", "finetune", "moe")
+METHOD_LABELS = {"fedavg": "FedAvg", "local": "Local", "finetune": "FT", "moe": "MoE"}
+
+#: ``progress(description, total)`` returns the callback a phase reports to.
+ProgressFactory = Callable[[str, int], ProgressFn]
+
+
+def partition_spec(p: PartitionConfig) -> PartitionSpec:
+    """The partition spec a configuration section describes."""
+    sizes = Sizes(p.clients, p.train, p.val, p.test)
+    if p.scheme == "majority":
+        return MajoritySpec(sizes, p.p, "overlap" if p.overlap else "disjoint")
+    if p.scheme == "dirichlet":
+        return DirichletSpec(sizes, p.alpha)
+    if p.scheme == "shards":
+        return ShardsSpec(sizes, p.classes_per_client)
+    return IIDSpec(sizes)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device named in the config; an unavailable accelerator is an error."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use device=cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' requested but MPS is not available; use device=cpu")
+    return torch.device(name)
+
+
+def to_tensor(
+    x: np.ndarray, mean: float, std: float, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """Inputs as floats standardised with the train split's mean and std."""
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float64)
+    if x.dtype == np.uint8:
+        t = t / 255.0
+    return ((t - mean) / std).to(dtype=dtype, device=device)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything the phases need, decoded and on the device once."""
+
+    dataset: ArrayDataset
+    partition: Partition
+    train: ClientData
+    val: ClientData
+    test: ClientData
+    global_test: ClientData
+    net: Network
+    gate_net: Network
+
+
+def prepare(cfg: ExperimentConfig) -> Prepared:
+    """Load the dataset, partition it, and build the cohort tensors and networks."""
+    ds = load_dataset(cfg.dataset, cfg.data_dir or None)
+    part = make_partition(
+        partition_spec(cfg.partition),
+        ds.y_train,
+        ds.y_test,
+        ds.num_classes,
+        cfg.seed,
+        cfg.partition.opt_out,
+    )
+    device = resolve_device(cfg.device)
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    scale = 255.0 if ds.x_train.dtype == np.uint8 else 1.0
+    mean = float(ds.x_train.mean()) / scale
+    std = float(ds.x_train.std()) / scale or 1.0
+    x_train = to_tensor(ds.x_train, mean, std, dtype, device)
+    x_test = to_tensor(ds.x_test, mean, std, dtype, device)
+    y_train = torch.from_numpy(ds.y_train.astype(np.int64)).to(device)
+    y_test = torch.from_numpy(ds.y_test.astype(np.int64)).to(device)
+    arch = default_architecture(ds.input_shape) if cfg.model == "auto" else cfg.model
+    net = build_network(arch, ds.input_shape, ds.num_classes, dropout=cfg.dropout)
+    gate_net = build_network(arch, ds.input_shape, ds.num_classes, gate=True, dropout=cfg.dropout)
+    return Prepared(
+        dataset=ds,
+        partition=part,
+        train=ClientData.from_indices(x_train, y_train, part.split("train")),
+        val=ClientData.from_indices(x_train, y_train, part.split("val")),
+        test=ClientData.from_indices(x_test, y_test, part.split("test")),
+        global_test=ClientData.shared(x_test, y_test, part.num_clients),
+        net=net,
+        gate_net=gate_net,
+    )
+
+
+def _stopping(s: StoppingConfig) -> EarlyStopping:
+    return EarlyStopping(s.check_every, s.patience, s.min_delta)
+
+
+def _optimizer(section: Any, lr: float) -> OptimizerConfig:
+    return OptimizerConfig(
+        section.optimizer, lr=lr, momentum=section.momentum, weight_decay=section.weight_decay
+    )
+
+
+def fedavg_config(cfg: ExperimentConfig) -> FedAvgConfig:
+    f = cfg.fedavg
+    local_cfg = TrainConfig(
+        f.local_epochs, f.batch_size, _optimizer(f, f.lr), max_cohort=cfg.max_cohort
+    )
+    stopping = _stopping(f.stopping) if f.early_stopping else None
+    return FedAvgConfig(f.rounds, f.clients_per_round, local_cfg, stopping)
+
+
+def personalise_config(cfg: ExperimentConfig, lr: float) -> TrainConfig:
+    p = cfg.personalise
+    return TrainConfig(
+        p.epochs, p.batch_size, _optimizer(p, lr), _stopping(p.stopping), cfg.max_cohort
+    )
+
+
+def _summary(values: torch.Tensor) -> dict[str, Any]:
+    v = values.detach().cpu().to(torch.float64)
+    return {
+        "per_client": [round(float(a), 6) for a in v],
+        "mean": float(v.mean()),
+        "std": float(v.std(unbiased=False)),
+        "min": float(v.min()),
+    }
+
+
+@torch.no_grad()
+def gate_statistics(
+    mixture: Mixture, params: Params, data: ClientData, majority: torch.Tensor
+) -> dict[str, Any]:
+    """Mean gate weight on the specialist per client: overall, on samples of the client's
+    majority classes (``majority``: bool ``(K, C)``) and on its other samples."""
+    k = data.num_clients
+    sums = torch.zeros(3, k, dtype=torch.float64, device=data.index.device)
+    counts = torch.zeros(3, k, dtype=torch.float64, device=data.index.device)
+    for x, y, valid in batches(data):
+        g = mixture.gate_values(params, x).to(torch.float64)
+        is_major = torch.gather(majority, 1, y) & valid
+        for row, mask in enumerate((valid, is_major, valid & ~is_major)):
+            sums[row] += torch.where(mask, g, 0.0).sum(1)
+            counts[row] += mask.sum(1)
+    means = (sums / counts).cpu()
+    return {
+        name: [None if np.isnan(v) else round(float(v), 6) for v in means[row]]
+        for row, name in enumerate(("all", "majority", "other"))
+    }
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def _noop(done: int, active: int) -> None:
+    del done, active
+
+
+def run_experiment(
+    cfg: ExperimentConfig, progress: ProgressFactory | None = None
+) -> dict[str, Any]:
+    """Run the whole protocol and return the results as a JSON-able dict."""
+
+    def bar(name: str, total: int) -> ProgressFn:
+        return progress(name, total) if progress is not None else _noop
+
+    timer = _Timer()
+    with timer.phase("prepare"):
+        prep = prepare(cfg)
+    part, net = prep.partition, prep.net
+    k = part.num_clients
+    device = prep.train.x.device
+    clients = torch.arange(k)
+    opt_in = np.flatnonzero(~part.opt_out)
+    init = net.init(cfg.seed, torch.tensor([0]), "global/init", prep.train.x.dtype, device)
+    fcfg = fedavg_config(cfg)
+    with timer.phase("federate"):
+        fed = federate(
+            net,
+            init,
+            prep.train,
+            prep.val,
+            opt_in,
+            fcfg,
+            cfg.seed,
+            bar("FedAvg rounds", fcfg.rounds),
+        )
+    pcfg = personalise_config(cfg, cfg.personalise.lr)
+    epochs = cfg.personalise.epochs
+    with timer.phase("finetune"):
+        ft = finetune(
+            net, fed.params, prep.train, prep.val, clients, pcfg, cfg.seed, bar("FT epochs", epochs)
+        )
+    with timer.phase("local"):
+        loc = local(net, prep.train, prep.val, clients, pcfg, cfg.seed, bar("Local epochs", epochs))
+    mcfg = MixtureConfig(cfg.personalise.pool, cfg.personalise.train_specialist)
+    with timer.phase("moe"):
+        mix = moe(
+            net,
+            prep.gate_net,
+            fed.params,
+            ft.params,
+            prep.train,
+            prep.val,
+            clients,
+            personalise_config(cfg, cfg.personalise.moe_lr),
+            mcfg,
+            cfg.seed,
+            bar("MoE epochs", epochs),
+        )
+    models: dict[str, tuple[Objective, Params]] = {
+        "fedavg": (Classifier(net), broadcast(fed.params, k)),
+        "local": (loc.objective, loc.params),
+        "finetune": (ft.objective, ft.params),
+        "moe": (mix.objective, mix.params),
+    }
+    methods: dict[str, Any] = {}
+    with timer.phase("evaluate"):
+        for name, (objective, params) in models.items():
+            methods[name] = {
+                "local_test": _summary(evaluate(objective, params, prep.test).accuracy),
+                "global_test": _summary(evaluate(objective, params, prep.global_test).accuracy),
+            }
+        majority = torch.zeros(k, prep.dataset.num_classes, dtype=torch.bool, device=device)
+        for i, c in enumerate(part.clients):
+            majority[i, list(c.majority)] = True
+        assert isinstance(mix.objective, Mixture)
+        gate = {
+            "local_test": gate_statistics(mix.objective, mix.params, prep.test, majority),
+            "global_test": gate_statistics(mix.objective, mix.params, prep.global_test, majority),
+        }
+    return {
+        "fedmoe_version": fedmoe.__version__,
+        "config": to_dict(cfg),
+        "dataset": {
+            "name": prep.dataset.name,
+            "source": prep.dataset.source,
+            "num_classes": prep.dataset.num_classes,
+            "model": net.name,
+            "model_params": net.num_params(),
+        },
+        "partition": {
+            "scheme": part.scheme,
+            "params": dict(part.params),
+            "opt_out": [bool(v) for v in part.opt_out],
+            "majority": [list(c.majority) for c in part.clients],
+        },
+        "moe_pool": cfg.personalise.pool,
+        "methods": methods,
+        "gate": gate,
+        "fedavg": {
+            "best_round": fed.best_round,
+            "rounds_run": len(fed.history),
+            "history": [
+                {
+                    "round": r.round,
+                    "val_loss": r.val_loss,
+                    "val_accuracy": r.val_accuracy,
+                    "clients": r.clients,
+                }
+                for r in fed.history
+            ],
+        },
+        "epochs": {
+            "finetune": ft.epochs.tolist(),
+            "local": loc.epochs.tolist(),
+            "moe": mix.epochs.tolist(),
+        },
+        "timing_s": timer.seconds,
+        "versions": {
+            "fedmoe": fedmoe.__version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+        },
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }

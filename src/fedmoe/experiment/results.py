@@ -1,0 +1,63 @@
+"""Writing and rendering results: results.json, results.md, config.toml."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fedmoe.experiment.config import dumps_toml
+from fedmoe.experiment.protocol import METHOD_LABELS, METHODS
+
+
+def _cell(summary: dict[str, Any]) -> str:
+    return (
+        f"{100 * summary['mean']:.1f} ± {100 * summary['std']:.1f} (min {100 * summary['min']:.1f})"
+    )
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """The methods' accuracies as a markdown table (percent, mean ± std over clients)."""
+    pool = results.get("moe_pool", "probability")
+    lines = [
+        "| method | local test acc. % | global test acc. % |",
+        "|---|---|---|",
+    ]
+    for name in METHODS:
+        m = results["methods"][name]
+        label = METHOD_LABELS[name] + (f" ({pool} pool)" if name == "moe" else "")
+        lines.append(f"| {label} | {_cell(m['local_test'])} | {_cell(m['global_test'])} |")
+    return "\n".join(lines)
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    cfg = results["config"]
+    part = cfg["partition"]
+    head = (
+        f"# fedmoe results\n\n"
+        f"Dataset `{results['dataset']['name']}` ({results['dataset']['source']}), model "
+        f"`{results['dataset']['model']}`; {part['clients']} clients, scheme `{part['scheme']}` "
+        f"(p={part['p']}, overlap={part['overlap']}), {part['train']}/{part['val']}/{part['test']} "
+        f"train/val/test per client, opt-out {part['opt_out']}; seed {cfg['seed']}.\n\n"
+        "Accuracy over clients: mean ± std (min), in percent.\n\n"
+    )
+    gate = results["gate"]["local_test"]
+    gate_line = ""
+    majority = [v for v in gate["majority"] if v is not None]
+    other = [v for v in gate["other"] if v is not None]
+    if majority and other:
+        gate_line = (
+            f"\n\nMoE gate weight on the specialist (local test, mean over clients): "
+            f"{sum(majority) / len(majority):.3f} on majority-class samples, "
+            f"{sum(other) / len(other):.3f} on other samples."
+        )
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in results["timing_s"].items())
+    return head + results_table(results) + gate_line + f"\n\nTime: {timing}.\n"
+
+
+def write_results(results: dict[str, Any], out: Path) -> None:
+    """Write ``results.json``, ``results.md`` and ``config.toml`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(results_markdown(results))
+    (out / "config.toml").write_text(dumps_toml(results["config"]))
