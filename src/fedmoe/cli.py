@@ -77,7 +77,7 @@ def data_fetch(
     from fedmoe.data import fetch_dataset
 
     result = fetch_dataset(name, cache_dir, url_base)
-    console.print(f"{result.name}: {result.directory or 'built-in'} ({result.checksum})")
+    console.print(result.message)
 
 
 @app.command("partition")

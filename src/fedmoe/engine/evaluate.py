@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -29,20 +30,28 @@ def nll(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
 
 
+def batches(
+    data: ClientData, max_examples: int = EVAL_EXAMPLES
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Walk K clients' examples in order, about ``max_examples`` (summed over clients)
+    at a time: yields inputs ``(K, B, *shape)``, labels and validity masks ``(K, B)``."""
+    k = data.num_clients
+    width = max(1, max_examples // max(k, 1))
+    limit = int(data.n.max()) if k else 0
+    for start in range(0, limit, width):
+        positions = torch.arange(start, min(start + width, limit), device=data.index.device)
+        yield data.batch(positions.expand(k, -1))
+
+
 @torch.no_grad()
 def evaluate(
     objective: Objective, params: Params, data: ClientData, max_examples: int = EVAL_EXAMPLES
 ) -> Evaluation:
     """Evaluate K models (``params`` stacked on axis 0) on the K clients of ``data``."""
-    k = data.num_clients
-    width = max(1, max_examples // max(k, 1))
-    device = data.index.device
+    k, device = data.num_clients, data.index.device
     loss = torch.zeros(k, dtype=torch.float64, device=device)
     correct = torch.zeros(k, dtype=torch.float64, device=device)
-    limit = int(data.n.max()) if k else 0
-    for start in range(0, limit, width):
-        positions = torch.arange(start, min(start + width, limit), device=device).expand(k, -1)
-        x, y, valid = data.batch(positions)
+    for x, y, valid in batches(data, max_examples):
         log_probs = objective.log_probs(params, x, None)
         loss += torch.where(valid, nll(log_probs, y), 0.0).sum(1, dtype=torch.float64)
         correct += ((log_probs.argmax(-1) == y) & valid).sum(1, dtype=torch.float64)

@@ -79,7 +79,7 @@ def to_tensor(
     x: np.ndarray, mean: float, std: float, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
     """Inputs as floats standardised with the train split's mean and std."""
-    t = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float64)
+    t = torch.tensor(x, dtype=torch.float64)
     if x.dtype == np.uint8:
         t = t / 255.0
     return ((t - mean) / std).to(dtype=dtype, device=device)

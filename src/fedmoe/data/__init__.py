@@ -1,0 +1,58 @@
+"""Datasets as numpy arrays, and how they are split among clients.
+
+Sources and registry: :func:`load_dataset` finds a named dataset's files (see
+:mod:`fedmoe.data.registry` for the lookup order), decodes them once and checks them;
+:func:`dataset_info` summarises one; :func:`fetch_dataset` downloads and verifies one.
+Partitions: :func:`make_partition` splits a dataset's labels among clients
+(see :mod:`fedmoe.data.partition`).
+"""
+
+from fedmoe.data.dataset import ArrayDataset
+from fedmoe.data.partition import (
+    ClientSplit,
+    DirichletSpec,
+    IIDSpec,
+    MajoritySpec,
+    Partition,
+    PartitionSpec,
+    ShardsSpec,
+    Sizes,
+    make_partition,
+    opt_out_mask,
+    partition_to_json,
+)
+from fedmoe.data.registry import (
+    DATASETS,
+    DatasetSpec,
+    FetchResult,
+    FileSpec,
+    clear_cache,
+    dataset_info,
+    fetch_dataset,
+    get_spec,
+    load_dataset,
+)
+
+__all__ = [
+    "DATASETS",
+    "ArrayDataset",
+    "ClientSplit",
+    "DatasetSpec",
+    "DirichletSpec",
+    "FetchResult",
+    "FileSpec",
+    "IIDSpec",
+    "MajoritySpec",
+    "Partition",
+    "PartitionSpec",
+    "ShardsSpec",
+    "Sizes",
+    "clear_cache",
+    "dataset_info",
+    "fetch_dataset",
+    "get_spec",
+    "load_dataset",
+    "make_partition",
+    "opt_out_mask",
+    "partition_to_json",
+]
