@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fedmoe.data.partition import Partition, split_label_counts
+from fedmoe.errors import DataError
 
 __all__ = ["plot_partition"]
 
@@ -74,6 +75,9 @@ def plot_partition(
         fontsize=10,
     )
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, format="png")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(target, format="png")
+    except OSError as exc:
+        raise DataError(f"{target}: cannot write the plot ({exc.strerror or exc})") from None
     return target

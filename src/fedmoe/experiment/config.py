@@ -123,6 +123,7 @@ class PersonaliseSection:
     weight_decay: float = 0.0
     pool: PoolName = "probability"
     train_specialist: bool = True
+    gate_bias: float = 0.0
     stopping: StoppingConfig = field(default_factory=StoppingConfig)
 
     def validate(self) -> None:
@@ -199,7 +200,7 @@ def _build(cls: Any, data: dict[str, Any], prefix: str = "") -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            raise ConfigError(f"unknown key {prefix}{key!r}; known keys here: {', '.join(names)}")
+            raise ConfigError(f"unknown key {prefix + key!r}; known keys here: {', '.join(names)}")
     values = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     return cls(**values)
 

@@ -244,7 +244,9 @@ def run_experiment(
         )
     with timer.phase("local"):
         loc = local(net, prep.train, prep.val, clients, pcfg, cfg.seed, bar("Local epochs", epochs))
-    mcfg = MixtureConfig(cfg.personalise.pool, cfg.personalise.train_specialist)
+    mcfg = MixtureConfig(
+        cfg.personalise.pool, cfg.personalise.train_specialist, cfg.personalise.gate_bias
+    )
     with timer.phase("moe"):
         mix = moe(
             net,

@@ -31,10 +31,13 @@ SPECIALIST, GATE = "specialist", "gate"
 @dataclass(frozen=True)
 class MixtureConfig:
     """``pool``: how the experts are combined; ``train_specialist``: train specialist and
-    gate (the paper's default) or the gate alone."""
+    gate (the paper's default) or the gate alone; ``gate_bias``: added to the fresh gate's
+    output bias, so the gate starts at ``g = sigmoid(gate_bias)`` on average (0 is the
+    paper's fresh gate; a positive value starts the mixture near its specialist)."""
 
     pool: Pool = "probability"
     train_specialist: bool = True
+    gate_bias: float = 0.0
 
 
 @dataclass(frozen=True)

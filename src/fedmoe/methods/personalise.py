@@ -92,6 +92,8 @@ def moe(
     frozen. Returned parameters hold ``specialist.*`` and ``gate.*`` entries."""
     x = train_data.x
     gate = gate_net.init(seed, clients.cpu(), "moe/gate-init", dtype=x.dtype, device=x.device)
+    out_bias = f"{gate_net.denses[-1].name}.bias"
+    gate[out_bias] = gate[out_bias] + mixture.gate_bias
     specialist = prefixed(specialists, SPECIALIST)
     trained = prefixed(gate, GATE)
     fixed: Params = {}
