@@ -93,7 +93,7 @@ def partition_cmd(
     test: Annotated[int, typer.Option(help="Local-test samples per client.")] = 200,
     overlap: Annotated[
         bool, typer.Option("--overlap/--disjoint", help="Majority pairs shared or disjoint.")
-    ] = False,
+    ] = True,
     opt_out: Annotated[float, typer.Option(help="Fraction of clients opting out.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     data_dir: Annotated[Path | None, typer.Option(help="Look for the dataset here first.")] = None,
