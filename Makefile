@@ -22,8 +22,7 @@ data: $(STAMP)
 
 run: data
 	$(VENV)/bin/fedmoe data info fashion-mnist
-	$(VENV)/bin/fedmoe partition --dataset fashion-mnist --scheme majority --p 0.8 \
-		--clients 10 --train 100 --val 200 --test 200 --overlap --seed 0
+	$(VENV)/bin/fedmoe run --preset quick --out runs/quick
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

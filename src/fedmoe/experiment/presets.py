@@ -30,7 +30,9 @@ PAPER: dict[str, Any] = {
     "personalise": {"epochs": 500, "batch_size": 10, "lr": 5e-5, "moe_lr": 1e-5},
 }
 
-#: A few minutes on a 2-core CPU: fewer clients, larger learning rates, fewer epochs.
+#: About two minutes on a 2-core CPU: 20 clients, larger learning rates, fewer epochs.
+#: The gate starts at g = sigmoid(2) ~ 0.88, i.e. near its specialist, so the short
+#: schedule does not spend its epochs moving a fresh gate away from 0.5.
 QUICK: dict[str, Any] = {
     "dataset": "fashion-mnist",
     "partition": {
@@ -43,7 +45,7 @@ QUICK: dict[str, Any] = {
         "overlap": True,
     },
     "fedavg": {
-        "rounds": 60,
+        "rounds": 100,
         "clients_per_round": 5,
         "local_epochs": 3,
         "batch_size": 10,
@@ -55,6 +57,7 @@ QUICK: dict[str, Any] = {
         "batch_size": 10,
         "lr": 1e-4,
         "moe_lr": 1e-4,
+        "gate_bias": 2.0,
         "stopping": {"check_every": 5, "patience": 3, "min_delta": 0.0},
     },
 }

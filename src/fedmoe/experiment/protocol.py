@@ -7,6 +7,7 @@ FedAvg, Local, FT and MoE on each client's local test set and on the global test
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -187,7 +188,7 @@ def gate_statistics(
             counts[row] += mask.sum(1)
     means = (sums / counts).cpu()
     return {
-        name: [None if np.isnan(v) else round(float(v), 6) for v in means[row]]
+        name: [None if math.isnan(float(v)) else round(float(v), 6) for v in means[row]]
         for row, name in enumerate(("all", "majority", "other"))
     }
 
