@@ -128,27 +128,28 @@ class Network:
         x: torch.Tensor,
         dropout_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Evaluate K models on their own inputs.
+        """Evaluate K models on their own inputs, or all K on one shared input.
 
-        ``x``: ``(K, B, *input_shape)``. ``dropout_mask``: ``None`` (eval mode) or
-        ``(K, B, dropout_features)`` holding 0 or ``1 / (1 - dropout)``.
-        Returns ``(K, B, num_outputs)`` log-probabilities, or ``(K, B)`` gate logits.
+        ``x``: ``(K, B, *input_shape)``, or ``(1, B, *input_shape)`` to feed the same
+        batch to every model (K is the parameters' leading size). ``dropout_mask``:
+        ``None`` (eval mode) or ``(K, B, dropout_features)`` holding 0 or
+        ``1 / (1 - dropout)``. Returns ``(K, B, num_outputs)`` log-probabilities, or
+        ``(K, B)`` gate logits.
         """
-        k, b = x.shape[0], x.shape[1]
+        k, b = next(iter(params.values())).shape[0], x.shape[1]
         if self.convs:
-            h = x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])
+            # Clients side by side on the channel axis: (B, K * C, H, W), one grouped conv.
+            # A shared input needs no copies: its first conv is an ordinary conv with the
+            # K clients' filters stacked as output channels.
+            h = x[0] if x.shape[0] == 1 else x.transpose(0, 1).reshape(b, -1, *x.shape[3:])
             for c in self.convs:
-                w = params[f"{c.name}.weight"]
-                h = F.conv2d(
-                    h,
-                    w.reshape(k * c.out_ch, *w.shape[2:]),
-                    params[f"{c.name}.bias"].reshape(-1),
-                    groups=k,
-                )
+                w = params[f"{c.name}.weight"].reshape(k * c.out_ch, -1, c.kernel, c.kernel)
+                groups = k if h.shape[1] == k * c.in_ch else 1
+                h = F.conv2d(h, w, params[f"{c.name}.bias"].reshape(-1), groups=groups)
                 h = F.max_pool2d(F.relu(h), 2)
             h = h.reshape(b, k, -1).transpose(0, 1)
         else:
-            h = x.reshape(k, b, -1)
+            h = x.reshape(x.shape[0], b, -1).expand(k, b, -1)
         last = len(self.denses) - 1
         for i, d in enumerate(self.denses):
             w, bias = params[f"{d.name}.weight"], params[f"{d.name}.bias"]

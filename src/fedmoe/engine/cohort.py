@@ -22,12 +22,15 @@ class ClientData:
     ``x``: ``(N_total, *shape)`` float inputs shared by all clients; ``y``: ``(N_total,)``
     int64 labels; ``index``: ``(K, N)`` int64 rows of ``x`` per client, padded with 0
     past ``n[k]``; ``n``: ``(K,)`` int64 number of real examples per client.
+    ``shared``: every client has the same rows (a global test set); batches then carry
+    a client axis of length 1 that models broadcast over, instead of K copies.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     index: torch.Tensor
     n: torch.Tensor
+    shared: bool = False
 
     @staticmethod
     def from_indices(x: torch.Tensor, y: torch.Tensor, indices: Sequence[np.ndarray]) -> ClientData:
@@ -40,12 +43,12 @@ class ClientData:
         return ClientData(x, y, torch.from_numpy(index).to(x.device), n)
 
     @staticmethod
-    def shared(x: torch.Tensor, y: torch.Tensor, num_clients: int) -> ClientData:
+    def common(x: torch.Tensor, y: torch.Tensor, num_clients: int) -> ClientData:
         """Every one of ``num_clients`` clients sees all of ``x`` (a global test set)."""
         rows = torch.arange(x.shape[0], device=x.device)
         index = rows.unsqueeze(0).expand(num_clients, -1)
         n = torch.full((num_clients,), x.shape[0], dtype=torch.int64, device=x.device)
-        return ClientData(x, y, index, n)
+        return ClientData(x, y, index, n, shared=True)
 
     @property
     def num_clients(self) -> int:
@@ -58,14 +61,17 @@ class ClientData:
 
     def select(self, clients: torch.Tensor) -> ClientData:
         """The sub-cohort ``clients`` (positions in this cohort)."""
-        return ClientData(self.x, self.y, self.index[clients], self.n[clients])
+        return ClientData(self.x, self.y, self.index[clients], self.n[clients], self.shared)
 
     def batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gather a batch: ``positions`` ``(K, B)`` into each client's examples.
 
-        Returns inputs ``(K, B, *shape)``, labels ``(K, B)`` and a validity mask ``(K, B)``
+        Returns inputs ``(K, B, *shape)`` (``(1, B, *shape)`` when ``shared``, with the
+        same positions for every client), labels ``(K, B)`` and a validity mask ``(K, B)``
         (``False`` where the position is past the client's real examples).
         """
         valid = positions < self.n.unsqueeze(1)
         rows = torch.gather(self.index, 1, positions.clamp(max=self.capacity - 1))
+        if self.shared:
+            return self.x[rows[:1]], self.y[rows], valid
         return self.x[rows], self.y[rows], valid

@@ -47,12 +47,19 @@ def batches(
 def evaluate(
     objective: Objective, params: Params, data: ClientData, max_examples: int = EVAL_EXAMPLES
 ) -> Evaluation:
-    """Evaluate K models (``params`` stacked on axis 0) on the K clients of ``data``."""
+    """Evaluate K models (``params`` stacked on axis 0) on the K clients of ``data``, or
+    one model (client axis of length 1) on all of them."""
     k, device = data.num_clients, data.index.device
     loss = torch.zeros(k, dtype=torch.float64, device=device)
     correct = torch.zeros(k, dtype=torch.float64, device=device)
+    single = next(iter(params.values())).shape[0] == 1
     for x, y, valid in batches(data, max_examples):
-        log_probs = objective.log_probs(params, x, None)
+        if single and x.shape[0] > 1:
+            # One model for all clients: evaluate their batches as one (no K copies).
+            flat = objective.log_probs(params, x.reshape(1, -1, *x.shape[2:]), None)
+            log_probs = flat.reshape(*x.shape[:2], -1)
+        else:
+            log_probs = objective.log_probs(params, x, None).expand(k, -1, -1)
         loss += torch.where(valid, nll(log_probs, y), 0.0).sum(1, dtype=torch.float64)
         correct += ((log_probs.argmax(-1) == y) & valid).sum(1, dtype=torch.float64)
     n = data.n.to(torch.float64)

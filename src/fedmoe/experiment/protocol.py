@@ -45,7 +45,6 @@ from fedmoe.errors import ConfigError
 from fedmoe.experiment.config import ExperimentConfig, PartitionConfig, StoppingConfig, to_dict
 from fedmoe.methods import FedAvgConfig, MixtureConfig, federate, finetune, local, moe
 from fedmoe.methods.mixture import Mixture
-from fedmoe.methods.params import broadcast
 from fedmoe.models import Network, Params, build_network, default_architecture
 
 METHODS = ("fedavg", "local", "finetune", "moe")
@@ -129,7 +128,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         train=ClientData.from_indices(x_train, y_train, part.split("train")),
         val=ClientData.from_indices(x_train, y_train, part.split("val")),
         test=ClientData.from_indices(x_test, y_test, part.split("test")),
-        global_test=ClientData.shared(x_test, y_test, part.num_clients),
+        global_test=ClientData.common(x_test, y_test, part.num_clients),
         net=net,
         gate_net=gate_net,
     )
@@ -263,7 +262,7 @@ def run_experiment(
             bar("MoE epochs", epochs),
         )
     models: dict[str, tuple[Objective, Params]] = {
-        "fedavg": (Classifier(net), broadcast(fed.params, k)),
+        "fedavg": (Classifier(net), fed.params),
         "local": (loc.objective, loc.params),
         "finetune": (ft.objective, ft.params),
         "moe": (mix.objective, mix.params),

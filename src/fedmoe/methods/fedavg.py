@@ -134,7 +134,7 @@ def federate(
         cohort = train_data.select(idx)
         result = train(objective, broadcast(server.params, len(clients)), cohort, cfg.local, keys)
         server.aggregate(result.params, cohort.n)
-        ev = evaluate(objective, broadcast(server.params, len(opt_in_t)), opt_in_val)
+        ev = evaluate(objective, server.params, opt_in_val)
         n = ev.n.to(torch.float64)
         loss = float((ev.loss * n).sum() / n.sum())
         acc = float((ev.accuracy * n).sum() / n.sum())

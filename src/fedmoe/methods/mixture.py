@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fedmoe.engine import Dropout
-from fedmoe.methods.params import broadcast, unprefixed
+from fedmoe.methods.params import unprefixed
 from fedmoe.models import Network, Params
 
 Pool = Literal["probability", "log-linear"]
@@ -53,14 +53,17 @@ class Mixture:
     def parts(
         self, params: Params, x: torch.Tensor, dropout: Dropout | None
     ) -> tuple[torch.Tensor, ...]:
-        """Specialist log-probs ``(K,B,C)``, global log-probs ``(K,B,C)``, gate logits ``(K,B)``."""
-        k, b = x.shape[0], x.shape[1]
+        """Specialist log-probs ``(K,B,C)``, global log-probs ``(K,B,C)`` (``(1,B,C)`` for
+        a shared input ``x`` of shape ``(1, B, ...)``), gate logits ``(K,B)``."""
+        b = x.shape[1]
         s_mask = None if dropout is None else dropout.mask(self.expert, b, x.dtype, slot=0)
         g_mask = None if dropout is None else dropout.mask(self.gate, b, x.dtype, slot=1)
         log_ps = self.expert.forward(unprefixed(params, SPECIALIST), x, s_mask)
         logit = self.gate.forward(unprefixed(params, GATE), x, g_mask)
         with torch.no_grad():
-            log_pg = self.expert.forward(broadcast(self.global_params, k), x, None)
+            # One frozen model for every client: its inputs form one batch.
+            flat = self.expert.forward(self.global_params, x.reshape(1, -1, *x.shape[2:]), None)
+            log_pg = flat.reshape(*x.shape[:2], -1)
         return log_ps, log_pg, logit
 
     def log_probs(self, params: Params, x: torch.Tensor, dropout: Dropout | None) -> torch.Tensor:
