@@ -61,19 +61,26 @@ class BatchedAdam:
         b1, b2 = self.cfg.betas
         self.steps += active.to(torch.int64)
         t = self.steps.clamp(min=1).to(torch.float64)
-        step_size = (self.cfg.lr / (1.0 - b1**t)).to(next(iter(params.values())).dtype)
-        bc2_sqrt = torch.sqrt(1.0 - b2**t).to(step_size.dtype)
+        dtype = next(iter(params.values())).dtype
+        step_size = (self.cfg.lr / (1.0 - b1**t)).to(dtype)
+        bc2_sqrt = torch.sqrt(1.0 - b2**t).to(dtype)
+        everyone = bool(active.all())
         for name, p in params.items():
             g = grads[name]
             if self.cfg.weight_decay:
                 g = g.add(p, alpha=self.cfg.weight_decay)
-            mask = _expand(active, p)
             m, v = self.exp_avg[name], self.exp_avg_sq[name]
+            if everyone:  # the common case: in-place, no masking
+                m.lerp_(g, 1.0 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+                denom = (v.sqrt() / _expand(bc2_sqrt, p)).add_(self.cfg.eps)
+                p.sub_(m / denom * _expand(step_size, p))
+                continue
+            mask = _expand(active, p)
             m.copy_(torch.where(mask, torch.lerp(m, g, 1.0 - b1), m))
             v.copy_(torch.where(mask, v.mul(b2).addcmul(g, g, value=1.0 - b2), v))
             denom = (v.sqrt() / _expand(bc2_sqrt, p)).add_(self.cfg.eps)
-            update = m / denom * _expand(step_size, p)
-            p.copy_(torch.where(mask, p - update, p))
+            p.copy_(torch.where(mask, p - m / denom * _expand(step_size, p), p))
 
     def select(self, index: torch.Tensor) -> None:
         self.steps = self.steps[index]
