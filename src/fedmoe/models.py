@@ -60,7 +60,8 @@ class _Dense:
 class Network:
     """A LeNet-style trunk (optional conv + 2x2 max-pool blocks) and dense layers.
 
-    ``convs`` are applied in order, each followed by ReLU and 2x2 max-pooling; then the
+    ``convs`` are applied in order, each followed by 2x2 max-pooling and ReLU (the same
+    function as ReLU then pooling, since ReLU is monotonic); then the
     features are flattened and passed through ``denses`` with ReLU between them, and
     dropout after the first dense layer (the paper's placement). The last dense layer has
     ``num_outputs`` units; ``output`` says whether they become log-probabilities or a
@@ -151,7 +152,9 @@ class Network:
                 w = params[f"{c.name}.weight"].reshape(k * c.out_ch, -1, c.kernel, c.kernel)
                 groups = k if h.shape[1] == k * c.in_ch else 1
                 h = F.conv2d(h, w, params[f"{c.name}.bias"].reshape(-1), groups=groups)
-                h = F.max_pool2d(F.relu(h), 2)
+                # relu(max_pool(h)) == max_pool(relu(h)) (relu is monotonic), with the
+                # ReLU and its backward on a quarter of the elements.
+                h = F.relu(F.max_pool2d(h, 2))
             h = h.reshape(b, k, -1).transpose(0, 1)
         else:
             h = x.reshape(x.shape[0], b, -1).expand(k, b, -1)
@@ -195,7 +198,7 @@ class _ReferenceModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         for c in self.net.convs:
-            h = F.max_pool2d(F.relu(getattr(self, c.name)(h)), 2)
+            h = F.relu(F.max_pool2d(getattr(self, c.name)(h), 2))
         h = h.flatten(1)
         last = len(self.net.denses) - 1
         for i, d in enumerate(self.net.denses):

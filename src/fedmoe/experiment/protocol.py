@@ -99,6 +99,35 @@ class Prepared:
     gate_net: Network
 
 
+def torch_dtype(cfg: ExperimentConfig) -> torch.dtype:
+    """The floating-point dtype the config asks for."""
+    return torch.float64 if cfg.dtype == "float64" else torch.float32
+
+
+def input_stats(ds: ArrayDataset) -> tuple[float, float]:
+    """Mean and std of the train split's inputs (``uint8`` scaled to [0, 1]), used to
+    standardise every split and every client alike."""
+    scale = 255.0 if ds.x_train.dtype == np.uint8 else 1.0
+    mean = float(ds.x_train.mean()) / scale
+    std = float(ds.x_train.std()) / scale or 1.0
+    return mean, std
+
+
+def build_networks(
+    cfg: ExperimentConfig, input_shape: tuple[int, ...], num_classes: int
+) -> tuple[Network, Network]:
+    """The classifier and the gate network the config describes for this data."""
+    arch = default_architecture(input_shape) if cfg.model == "auto" else cfg.model
+    net = build_network(arch, input_shape, num_classes, dropout=cfg.dropout)
+    gate_net = build_network(arch, input_shape, num_classes, gate=True, dropout=cfg.dropout)
+    return net, gate_net
+
+
+def global_init(cfg: ExperimentConfig, net: Network, device: torch.device) -> Params:
+    """The initial global model (client axis of length 1)."""
+    return net.init(cfg.seed, torch.tensor([0]), "global/init", torch_dtype(cfg), device)
+
+
 def prepare(cfg: ExperimentConfig) -> Prepared:
     """Load the dataset, partition it, and build the cohort tensors and networks."""
     ds = load_dataset(cfg.dataset, cfg.data_dir or None)
@@ -111,17 +140,13 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         cfg.partition.opt_out,
     )
     device = resolve_device(cfg.device)
-    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    scale = 255.0 if ds.x_train.dtype == np.uint8 else 1.0
-    mean = float(ds.x_train.mean()) / scale
-    std = float(ds.x_train.std()) / scale or 1.0
+    dtype = torch_dtype(cfg)
+    mean, std = input_stats(ds)
     x_train = to_tensor(ds.x_train, mean, std, dtype, device)
     x_test = to_tensor(ds.x_test, mean, std, dtype, device)
     y_train = torch.from_numpy(ds.y_train.astype(np.int64)).to(device)
     y_test = torch.from_numpy(ds.y_test.astype(np.int64)).to(device)
-    arch = default_architecture(ds.input_shape) if cfg.model == "auto" else cfg.model
-    net = build_network(arch, ds.input_shape, ds.num_classes, dropout=cfg.dropout)
-    gate_net = build_network(arch, ds.input_shape, ds.num_classes, gate=True, dropout=cfg.dropout)
+    net, gate_net = build_networks(cfg, ds.input_shape, ds.num_classes)
     return Prepared(
         dataset=ds,
         partition=part,
@@ -160,7 +185,14 @@ def personalise_config(cfg: ExperimentConfig, lr: float) -> TrainConfig:
     )
 
 
-def _summary(values: torch.Tensor) -> dict[str, Any]:
+def mixture_config(cfg: ExperimentConfig) -> MixtureConfig:
+    """How the MoE personalisation mixes its experts."""
+    p = cfg.personalise
+    return MixtureConfig(p.pool, p.train_specialist, p.gate_bias)
+
+
+def summarise(values: torch.Tensor) -> dict[str, Any]:
+    """Per-client values (``(K,)``) as ``per_client`` (rounded), ``mean``, ``std``, ``min``."""
     v = values.detach().cpu().to(torch.float64)
     return {
         "per_client": [round(float(a), 6) for a in v],
@@ -223,7 +255,7 @@ def run_experiment(
     device = prep.train.x.device
     clients = torch.arange(k)
     opt_in = np.flatnonzero(~part.opt_out)
-    init = net.init(cfg.seed, torch.tensor([0]), "global/init", prep.train.x.dtype, device)
+    init = global_init(cfg, net, device)
     fcfg = fedavg_config(cfg)
     with timer.phase("federate"):
         fed = federate(
@@ -244,9 +276,7 @@ def run_experiment(
         )
     with timer.phase("local"):
         loc = local(net, prep.train, prep.val, clients, pcfg, cfg.seed, bar("Local epochs", epochs))
-    mcfg = MixtureConfig(
-        cfg.personalise.pool, cfg.personalise.train_specialist, cfg.personalise.gate_bias
-    )
+    mcfg = mixture_config(cfg)
     with timer.phase("moe"):
         mix = moe(
             net,
@@ -271,8 +301,8 @@ def run_experiment(
     with timer.phase("evaluate"):
         for name, (objective, params) in models.items():
             methods[name] = {
-                "local_test": _summary(evaluate(objective, params, prep.test).accuracy),
-                "global_test": _summary(evaluate(objective, params, prep.global_test).accuracy),
+                "local_test": summarise(evaluate(objective, params, prep.test).accuracy),
+                "global_test": summarise(evaluate(objective, params, prep.global_test).accuracy),
             }
         majority = torch.zeros(k, prep.dataset.num_classes, dtype=torch.bool, device=device)
         for i, c in enumerate(part.clients):
