@@ -1,0 +1,380 @@
+"""A sweep's plots as PNG files: accuracy curves, local-vs-global scatter, per-client
+box plots and the gate's weight on the specialist.
+
+Rendering only: every function takes plain numbers and a path and knows nothing about
+sweep files (:mod:`fedmoe.experiment.report` gathers the numbers). Accuracies are in
+percent, gate weights in [0, 1]; NaN means "no value" and is drawn as nothing. Uses
+matplotlib's object API with the Agg canvas (no pyplot, no global state), so it works
+headless and from worker threads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from fedmoe.errors import FedmoeError
+
+__all__ = [
+    "LINESTYLES",
+    "BarPanel",
+    "BoxPanel",
+    "Curve",
+    "ScatterPoint",
+    "method_label",
+    "plot_bars",
+    "plot_boxes",
+    "plot_curves",
+    "plot_local_vs_global",
+]
+
+#: Display names of the paper's methods (the same as ``protocol.METHOD_LABELS``, kept here
+#: so that reporting does not import torch).
+METHOD_LABELS = {"fedavg": "FedAvg", "local": "Local", "finetune": "FT", "moe": "MoE"}
+_METHOD_STYLES = {
+    "fedavg": ("tab:blue", "s"),
+    "local": ("tab:orange", "^"),
+    "finetune": ("tab:green", "D"),
+    "moe": ("tab:red", "o"),
+}
+_EXTRA_STYLES = (
+    ("tab:purple", "v"),
+    ("tab:brown", "P"),
+    ("tab:pink", "X"),
+    ("tab:olive", "<"),
+    ("tab:cyan", ">"),
+    ("tab:gray", "*"),
+)
+#: Line styles that tell apart up to four series of the same method in one figure.
+LINESTYLES: tuple[Literal["-", "--", ":", "-."], ...] = ("-", "--", ":", "-.")
+_BAR_COLORS = ("tab:red", "tab:gray", "tab:blue", "tab:green")
+_DPI = 120
+
+
+def method_label(method: str) -> str:
+    """The display name of a method (``moe`` -> ``MoE``); unknown names are kept."""
+    return METHOD_LABELS.get(method, method)
+
+
+def _method_style(method: str, methods: Sequence[str]) -> tuple[str, str]:
+    """(colour, marker) of a method; methods outside the paper's four get spare styles
+    in the order they appear in ``methods``."""
+    if method in _METHOD_STYLES:
+        return _METHOD_STYLES[method]
+    extra = [m for m in methods if m not in _METHOD_STYLES]
+    return _EXTRA_STYLES[extra.index(method) % len(_EXTRA_STYLES)]
+
+
+def _method_handles(methods: Sequence[str], line: bool) -> list[Line2D]:
+    handles = []
+    for m in methods:
+        color, marker = _method_style(m, methods)
+        handles.append(
+            Line2D([], [], color=color, marker=marker, linestyle="-" if line else "none")
+        )
+    return handles
+
+
+def _figure(panels: int, width: float, height: float, ncols: int) -> tuple[Figure, list[Axes]]:
+    """A figure with ``panels`` axes of about ``width`` x ``height`` inches each."""
+    ncols = max(1, min(ncols, panels))
+    nrows = math.ceil(panels / ncols)
+    figure = Figure(figsize=(width * ncols, height * nrows + 0.6), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = figure.subplots(nrows, ncols, squeeze=False)
+    axes = [a for row in grid for a in row]
+    for extra in axes[panels:]:
+        extra.set_visible(False)
+    return figure, axes[:panels]
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, format="png")
+    except OSError as exc:
+        raise FedmoeError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
+    return path
+
+
+def _finite(values: Sequence[float]) -> list[float]:
+    return [0.0 if math.isnan(v) else v for v in values]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One method's accuracy (percent) against a grid key: mean and spread over seeds at
+    each ``x``; ``style`` indexes :data:`LINESTYLES` (which series of the method it is)."""
+
+    method: str
+    style: int
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+    err: tuple[float, ...]
+
+
+def plot_curves(
+    path: Path,
+    title: str,
+    xlabel: str,
+    panels: Sequence[tuple[str, Sequence[Curve]]],
+    methods: Sequence[str],
+    style_labels: Sequence[str] = (),
+) -> Path:
+    """Write side-by-side panels ``(panel title, curves)`` of accuracy (percent) against
+    ``xlabel``, one colour and marker per method, error bars from ``Curve.err``.
+    ``style_labels[i]`` names line style ``i`` in a second legend (none when empty)."""
+    figure, axes = _figure(len(panels), 5.2, 4.0, ncols=len(panels))
+    xs = sorted({x for _, curves in panels for c in curves for x in c.x})
+    # Methods are nudged apart along x (by 1 % of the range) so error bars stay apart.
+    nudge = 0.01 * (xs[-1] - xs[0] if len(xs) > 1 else 1.0)
+    for ax, (panel_title, curves) in zip(axes, panels, strict=True):
+        for c in curves:
+            color, marker = _method_style(c.method, methods)
+            shift = (methods.index(c.method) - (len(methods) - 1) / 2) * nudge
+            ax.errorbar(
+                [x + shift for x in c.x],
+                c.y,
+                yerr=_finite(c.err),
+                color=color,
+                marker=marker,
+                linestyle=LINESTYLES[c.style % len(LINESTYLES)],
+                capsize=3,
+                markersize=5,
+                linewidth=1.5,
+            )
+        ax.set_title(panel_title, fontsize=11)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_xticks(xs)
+        ax.grid(alpha=0.3)
+    handles: list[Line2D] = _method_handles(methods, line=True)
+    labels = [method_label(m) for m in methods]
+    for i, name in enumerate(style_labels):
+        handles.append(Line2D([], [], color="black", linestyle=LINESTYLES[i % len(LINESTYLES)]))
+        labels.append(name)
+    figure.legend(
+        handles, labels, loc="outside lower center", ncols=min(len(labels), 8), frameon=False
+    )
+    figure.suptitle(title, fontsize=12)
+    return _save(figure, path)
+
+
+@dataclass(frozen=True)
+class ScatterPoint:
+    """One method in one cell: global-test (x) and local-test (y) accuracy in percent,
+    means over seeds with their spreads; ``label`` annotates the point (e.g. ``p=0.8``)."""
+
+    method: str
+    label: str
+    x: float
+    y: float
+    xerr: float
+    yerr: float
+
+
+def _annotate(ax: Axes, points: Sequence[ScatterPoint], near: tuple[float, float]) -> None:
+    """Label the points. A point closer than ``near`` (x, y) to a labelled point, or
+    closer than twice that to one with only its own label, shares that label (labels
+    of one place are joined: ``p=0.2, p=0.5``), so
+    that nearly coinciding methods do not print on top of each other."""
+    clusters: list[tuple[float, float, list[str]]] = []
+    for p in points:
+        for x, y, labels in clusters:
+            reach = 2.0 if labels == [p.label] else 1.0
+            if abs(x - p.x) < reach * near[0] and abs(y - p.y) < reach * near[1]:
+                if p.label not in labels:
+                    labels.append(p.label)
+                break
+        else:
+            clusters.append((p.x, p.y, [p.label]))
+    for x, y, labels in clusters:
+        ax.annotate(
+            ", ".join(labels),
+            (x, y),
+            xytext=(7, 4),
+            textcoords="offset points",
+            fontsize=7.5,
+            color="0.15",
+        )
+
+
+def plot_local_vs_global(
+    path: Path,
+    title: str,
+    panels: Sequence[tuple[str, Sequence[ScatterPoint]]],
+    methods: Sequence[str],
+) -> Path:
+    """Write panels ``(panel title, points)`` of local-test against global-test accuracy;
+    a method's points are joined in the order given, and the diagonal marks local =
+    global. Every panel has the same axis limits, so that panels compare at a glance."""
+    figure, axes = _figure(len(panels), 6.4, 5.2, ncols=2)
+    every = [p for _, pts in panels for p in pts]
+    xlim = _range([v for p in every for v in _span(p.x, p.xerr)])
+    ylim = _range([v for p in every for v in _span(p.y, p.yerr)])
+    near = (0.025 * (xlim[1] - xlim[0]), 0.025 * (ylim[1] - ylim[0]))
+    diagonal = (max(xlim[0], ylim[0]), min(xlim[1], ylim[1]))
+    for ax, (panel_title, points) in zip(axes, panels, strict=True):
+        ax.plot(diagonal, diagonal, color="gray", linestyle=":", linewidth=1)
+        for m in methods:
+            own = [p for p in points if p.method == m]
+            if not own:
+                continue
+            color, marker = _method_style(m, methods)
+            ax.errorbar(
+                [p.x for p in own],
+                [p.y for p in own],
+                xerr=_finite([p.xerr for p in own]),
+                yerr=_finite([p.yerr for p in own]),
+                color=color,
+                marker=marker,
+                linestyle="-",
+                linewidth=0.8,
+                alpha=0.9,
+                capsize=2,
+                markersize=6,
+            )
+        _annotate(ax, points, near)
+        ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
+        ax.set_title(panel_title, fontsize=11)
+        ax.set_xlabel("global-test accuracy (%)")
+        ax.set_ylabel("local-test accuracy (%)")
+        ax.grid(alpha=0.3)
+    figure.legend(
+        _method_handles(methods, line=False),
+        [method_label(m) for m in methods],
+        loc="outside lower center",
+        ncols=len(methods),
+        frameon=False,
+    )
+    figure.suptitle(title, fontsize=12)
+    return _save(figure, path)
+
+
+def _span(value: float, err: float) -> tuple[float, float]:
+    spread = 0.0 if math.isnan(err) else err
+    return value - spread, value + spread
+
+
+def _range(values: Sequence[float]) -> tuple[float, float]:
+    """Axis limits (percent) that hold every value with a margin, within [0, 100]."""
+    finite = [v for v in values if math.isfinite(v)] or [0.0, 100.0]
+    lo, hi = min(finite), max(finite)
+    margin = max(3.0, 0.08 * (hi - lo))
+    return max(0.0, lo - margin), min(100.0, hi + margin)
+
+
+@dataclass(frozen=True)
+class BoxPanel:
+    """Per-client accuracies (percent) to draw as boxes: ``values[method][g]`` is the
+    pooled list for group ``groups[g]`` (a list may be empty)."""
+
+    title: str
+    groups: tuple[str, ...]
+    values: dict[str, tuple[tuple[float, ...], ...]]
+
+
+def plot_boxes(
+    path: Path, title: str, xlabel: str, panels: Sequence[BoxPanel], methods: Sequence[str]
+) -> Path:
+    """Write panels (stacked) of box plots, one box per (group, method), methods side by
+    side within a group, coloured as in the other plots."""
+    groups = max(len(p.groups) for p in panels)
+    width = min(max(6.0, 1.0 + 0.45 * groups * len(methods)), 22.0)
+    figure, axes = _figure(len(panels), width, 3.6, ncols=1)
+    step = 0.8 / len(methods)
+    for ax, panel in zip(axes, panels, strict=True):
+        for i, m in enumerate(methods):
+            color, _ = _method_style(m, methods)
+            series = panel.values.get(m, ())
+            keep = [g for g, v in enumerate(series) if v]
+            if not keep:
+                continue
+            boxes = ax.boxplot(
+                [list(series[g]) for g in keep],
+                positions=[g - 0.4 + step * (i + 0.5) for g in keep],
+                widths=step * 0.8,
+                patch_artist=True,
+                manage_ticks=False,
+                flierprops={"marker": "o", "markersize": 3, "markeredgecolor": color},
+                medianprops={"color": "black"},
+            )
+            for box in boxes["boxes"]:
+                box.set_facecolor(color)
+                box.set_alpha(0.6)
+        ax.set_xticks(range(len(panel.groups)), panel.groups)
+        ax.set_xlim(-0.6, len(panel.groups) - 0.4)
+        ax.set_title(panel.title, fontsize=11)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("local-test accuracy (%)")
+        ax.grid(axis="y", alpha=0.3)
+    handles = [Patch(facecolor=_method_style(m, methods)[0], alpha=0.6) for m in methods]
+    figure.legend(
+        handles,
+        [method_label(m) for m in methods],
+        loc="outside lower center",
+        ncols=len(methods),
+        frameon=False,
+    )
+    figure.suptitle(title, fontsize=12)
+    return _save(figure, path)
+
+
+@dataclass(frozen=True)
+class BarPanel:
+    """Grouped bars: ``values[b][g]`` and ``errors[b][g]`` for bar ``bars[b]`` in group
+    ``groups[g]``; NaN values are drawn as a "none" mark, NaN errors as no error bar."""
+
+    title: str
+    groups: tuple[str, ...]
+    bars: tuple[str, ...]
+    values: tuple[tuple[float, ...], ...]
+    errors: tuple[tuple[float, ...], ...]
+
+
+def plot_bars(path: Path, title: str, xlabel: str, ylabel: str, panels: Sequence[BarPanel]) -> Path:
+    """Write panels (stacked) of grouped bars on a [0, 1] value axis."""
+    groups = max(len(p.groups) for p in panels)
+    width = min(max(6.0, 1.5 + 0.9 * groups), 22.0)
+    figure, axes = _figure(len(panels), width, 3.4, ncols=1)
+    for ax, panel in zip(axes, panels, strict=True):
+        step = 0.8 / len(panel.bars)
+        for b, (values, errors) in enumerate(zip(panel.values, panel.errors, strict=True)):
+            xs = [g - 0.4 + step * (b + 0.5) for g in range(len(panel.groups))]
+            color = _BAR_COLORS[b % len(_BAR_COLORS)]
+            drawn = [i for i, v in enumerate(values) if not math.isnan(v)]
+            bars = ax.bar(
+                [xs[i] for i in drawn],
+                [values[i] for i in drawn],
+                width=step * 0.9,
+                yerr=[_finite(errors)[i] for i in drawn],
+                capsize=3,
+                color=color,
+                alpha=0.75,
+                label=panel.bars[b],
+            )
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+            for x, v in zip(xs, values, strict=True):
+                if math.isnan(v):
+                    ax.text(x, 0.02, "none", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(panel.groups)), panel.groups)
+        ax.set_xlim(-0.6, len(panel.groups) - 0.4)
+        ax.set_ylim(0.0, 1.22)
+        ax.set_yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        ax.set_title(panel.title, fontsize=11)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="upper center", ncols=len(panel.bars), fontsize=8, frameon=False)
+    figure.suptitle(title, fontsize=12)
+    return _save(figure, path)
