@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedmoe-installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test setup data lint clean
+.PHONY: run test setup data lint bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,17 @@ lint: $(STAMP)
 
 test: data lint
 	$(VENV)/bin/pytest
+
+# Benchmarks (not part of the tests): the contenders need the `bench` extra.
+$(VENV)/.fedmoe-bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+bench-quick: data $(VENV)/.fedmoe-bench
+	$(PY) bench/run.py --quick
+
+bench: data $(VENV)/.fedmoe-bench
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

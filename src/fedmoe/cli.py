@@ -16,7 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedmoe.errors import FedmoeError
+from fedmoe.errors import ConfigError, FedmoeError
+
+if typing.TYPE_CHECKING:
+    from fedmoe.experiment.config import ExperimentConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -165,28 +168,94 @@ def run_cmd(
         list[str] | None, typer.Option("--set", help="Override: section.key=value.")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Write results.json, results.md, config.toml here.")
+        Path | None,
+        typer.Option(help="Run directory: config.toml, checkpoints, results.json/md, rounds.csv."),
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Finish the interrupted run in this directory.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Run the paper's protocol: FedAvg, then Local, FT and MoE for every client."""
+    from fedmoe.experiment import rundir
+    from fedmoe.experiment.protocol import run_experiment
+    from fedmoe.experiment.results import results_table
+    from fedmoe.progress import progress_bars
+
+    if resume is not None and (config or preset or set_ or out):
+        raise ConfigError(
+            "--resume DIR takes the run's own config; drop --config/--preset/--set/--out"
+        )
+    cfg = None if resume is not None else _config(config, preset, set_ or [])
+    with progress_bars(console, enabled=not quiet) as bars:
+        if resume is not None:
+            results = rundir.resume(resume, bars)
+        elif out is not None:
+            assert cfg is not None
+            results = rundir.run_in(out, cfg, bars)
+        else:
+            assert cfg is not None
+            results = run_experiment(cfg, bars)
+    console.print(results_table(results))
+    where = resume or out
+    if where is not None:
+        console.print(
+            f"results written to {where}/results.json, results.md, rounds.csv, config.toml"
+        )
+
+
+def _config(config: Path | None, preset: str | None, overrides: list[str]) -> ExperimentConfig:
+    """A validated config: a preset, then a TOML file, then ``--set`` overrides."""
     from fedmoe.experiment import config as cfgmod
     from fedmoe.experiment.presets import preset as get_preset
-    from fedmoe.experiment.protocol import run_experiment
-    from fedmoe.experiment.results import results_table, write_results
-    from fedmoe.progress import progress_bars
 
     data: dict[str, Any] = get_preset(preset) if preset else {}
     if config is not None:
         data = _merge(data, cfgmod.load(config))
-    cfg = cfgmod.from_dict(cfgmod.apply_overrides(data, set_ or []))
+    return cfgmod.from_dict(cfgmod.apply_overrides(data, overrides))
+
+
+@app.command("sweep")
+def sweep_cmd(
+    grid: Annotated[
+        list[str],
+        typer.Option(help="Axis key=v1,v2,... (p, opt_out, alpha or any config key); repeatable."),
+    ],
+    out: Annotated[Path, typer.Option(help="Sweep directory (runs/, sweep.csv, report.md).")],
+    config: Annotated[Path | None, typer.Option(help="Base TOML config file.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Base preset: quick or paper.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Base override: section.key=value.")
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per cell (base seed + 0, 1, ...).")] = 1,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Run a grid of configs x seeds; finished runs are skipped, interrupted ones resume."""
+    from fedmoe.experiment import config as cfgmod
+    from fedmoe.experiment.presets import preset as get_preset
+    from fedmoe.experiment.report import write_report
+    from fedmoe.experiment.sweep import parse_axis, run_sweep
+    from fedmoe.progress import progress_bars
+
+    base: dict[str, Any] = get_preset(preset) if preset else {}
+    if config is not None:
+        base = _merge(base, cfgmod.load(config))
+    base = cfgmod.apply_overrides(base, set_ or [])
+    axes = [parse_axis(item) for item in grid]
     with progress_bars(console, enabled=not quiet) as bars:
-        results = run_experiment(cfg, bars)
-    if out is not None:
-        write_results(results, out)
-    console.print(results_table(results))
-    if out is not None:
-        console.print(f"results written to {out}/results.json, results.md, config.toml")
+        path = run_sweep(base, axes, seeds, out, bars, log=console.print)
+    console.print(f"sweep table written to {path}")
+    console.print(f"report written to {write_report(out)}")
+
+
+@app.command("report")
+def report_cmd(
+    directory: Annotated[Path, typer.Argument(help="A sweep directory (with sweep.csv).")],
+) -> None:
+    """Write DIR/report.md and DIR/plots/*.png from a sweep's results."""
+    from fedmoe.experiment.report import write_report
+
+    console.print(f"report written to {write_report(directory)}")
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -94,9 +94,14 @@ class FedAvgSection:
     momentum: float = 0.0
     weight_decay: float = 0.0
     early_stopping: bool = True
+    checkpoint_every: int = 10
     stopping: StoppingConfig = field(default_factory=StoppingConfig)
 
     def validate(self) -> None:
+        _check(
+            self.checkpoint_every >= 1,
+            f"fedavg.checkpoint_every must be at least 1, got {self.checkpoint_every}",
+        )
         _check(self.rounds >= 1, f"fedavg.rounds must be at least 1, got {self.rounds}")
         _check(
             self.clients_per_round >= 1,

@@ -12,7 +12,8 @@ import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,8 +43,20 @@ from fedmoe.engine import (
 from fedmoe.engine.evaluate import batches
 from fedmoe.engine.train import ProgressFn
 from fedmoe.errors import ConfigError
+from fedmoe.experiment.checkpoint import Checkpoints
 from fedmoe.experiment.config import ExperimentConfig, PartitionConfig, StoppingConfig, to_dict
-from fedmoe.methods import FedAvgConfig, MixtureConfig, federate, finetune, local, moe
+from fedmoe.methods import (
+    FedAvgConfig,
+    FedAvgResult,
+    FedAvgServer,
+    MixtureConfig,
+    PersonalisationResult,
+    federate,
+    finetune,
+    local,
+    moe,
+)
+from fedmoe.methods.fedavg import RoundRecord
 from fedmoe.methods.mixture import Mixture
 from fedmoe.models import Network, Params, build_network, default_architecture
 
@@ -239,14 +252,87 @@ def _noop(done: int, active: int) -> None:
     del done, active
 
 
+def _federate(
+    cfg: ExperimentConfig,
+    prep: Prepared,
+    store: Checkpoints,
+    bar: Callable[[str, int], ProgressFn],
+) -> FedAvgResult:
+    """The federated phase, resumed from and checkpointed into ``store``."""
+    done = store.load("federate")
+    if done is not None:
+        return FedAvgResult(
+            done["params"], done["best_round"], [RoundRecord(**r) for r in done["history"]]
+        )
+    fcfg = fedavg_config(cfg)
+    every = cfg.fedavg.checkpoint_every
+
+    def checkpoint(server: FedAvgServer) -> None:
+        if server.finished or server.next_round % every == 0:
+            store.save("federate-progress", server.state_dict())
+
+    opt_in = np.flatnonzero(~prep.partition.opt_out)
+    init = global_init(cfg, prep.net, prep.train.x.device)
+    fed = federate(
+        prep.net,
+        init,
+        prep.train,
+        prep.val,
+        opt_in,
+        fcfg,
+        cfg.seed,
+        bar("FedAvg rounds", fcfg.rounds),
+        state=store.load("federate-progress"),
+        on_round=checkpoint,
+    )
+    store.save(
+        "federate",
+        {
+            "params": fed.params,
+            "best_round": fed.best_round,
+            "history": [asdict(r) for r in fed.history],
+        },
+    )
+    return fed
+
+
+def _stage(
+    store: Checkpoints,
+    name: str,
+    objective: Objective,
+    compute: Callable[[], PersonalisationResult],
+) -> PersonalisationResult:
+    """A personalisation stage, loaded from ``store`` if it finished before, else run and
+    saved."""
+    saved = store.load(name)
+    if saved is not None:
+        return PersonalisationResult(
+            saved["params"], objective, saved["epochs"], saved["best_loss"]
+        )
+    result = compute()
+    store.save(
+        name, {"params": result.params, "epochs": result.epochs, "best_loss": result.best_loss}
+    )
+    return result
+
+
 def run_experiment(
-    cfg: ExperimentConfig, progress: ProgressFactory | None = None
+    cfg: ExperimentConfig,
+    progress: ProgressFactory | None = None,
+    checkpoints: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the whole protocol and return the results as a JSON-able dict."""
+    """Run the whole protocol and return the results as a JSON-able dict.
+
+    With ``checkpoints`` (a directory), the federated phase is checkpointed every
+    ``fedavg.checkpoint_every`` rounds and each personalisation stage when it ends; a
+    later call with the same config and directory resumes from there and returns the
+    same results (up to ``timing_s``) as an uninterrupted run.
+    """
 
     def bar(name: str, total: int) -> ProgressFn:
         return progress(name, total) if progress is not None else _noop
 
+    store = Checkpoints(checkpoints)
     timer = _Timer()
     with timer.phase("prepare"):
         prep = prepare(cfg)
@@ -254,42 +340,56 @@ def run_experiment(
     k = part.num_clients
     device = prep.train.x.device
     clients = torch.arange(k)
-    opt_in = np.flatnonzero(~part.opt_out)
-    init = global_init(cfg, net, device)
-    fcfg = fedavg_config(cfg)
     with timer.phase("federate"):
-        fed = federate(
-            net,
-            init,
-            prep.train,
-            prep.val,
-            opt_in,
-            fcfg,
-            cfg.seed,
-            bar("FedAvg rounds", fcfg.rounds),
-        )
+        fed = _federate(cfg, prep, store, bar)
     pcfg = personalise_config(cfg, cfg.personalise.lr)
     epochs = cfg.personalise.epochs
+    classifier = Classifier(net)
     with timer.phase("finetune"):
-        ft = finetune(
-            net, fed.params, prep.train, prep.val, clients, pcfg, cfg.seed, bar("FT epochs", epochs)
+        ft = _stage(
+            store,
+            "finetune",
+            classifier,
+            lambda: finetune(
+                net,
+                fed.params,
+                prep.train,
+                prep.val,
+                clients,
+                pcfg,
+                cfg.seed,
+                bar("FT epochs", epochs),
+            ),
         )
     with timer.phase("local"):
-        loc = local(net, prep.train, prep.val, clients, pcfg, cfg.seed, bar("Local epochs", epochs))
+        loc = _stage(
+            store,
+            "local",
+            classifier,
+            lambda: local(
+                net, prep.train, prep.val, clients, pcfg, cfg.seed, bar("Local epochs", epochs)
+            ),
+        )
     mcfg = mixture_config(cfg)
+    mixture = Mixture(net, prep.gate_net, fed.params, mcfg.pool)
     with timer.phase("moe"):
-        mix = moe(
-            net,
-            prep.gate_net,
-            fed.params,
-            ft.params,
-            prep.train,
-            prep.val,
-            clients,
-            personalise_config(cfg, cfg.personalise.moe_lr),
-            mcfg,
-            cfg.seed,
-            bar("MoE epochs", epochs),
+        mix = _stage(
+            store,
+            "moe",
+            mixture,
+            lambda: moe(
+                net,
+                prep.gate_net,
+                fed.params,
+                ft.params,
+                prep.train,
+                prep.val,
+                clients,
+                personalise_config(cfg, cfg.personalise.moe_lr),
+                mcfg,
+                cfg.seed,
+                bar("MoE epochs", epochs),
+            ),
         )
     models: dict[str, tuple[Objective, Params]] = {
         "fedavg": (Classifier(net), fed.params),
@@ -334,15 +434,7 @@ def run_experiment(
         "fedavg": {
             "best_round": fed.best_round,
             "rounds_run": len(fed.history),
-            "history": [
-                {
-                    "round": r.round,
-                    "val_loss": r.val_loss,
-                    "val_accuracy": r.val_accuracy,
-                    "clients": r.clients,
-                }
-                for r in fed.history
-            ],
+            "history": [asdict(r) for r in fed.history],
         },
         "epochs": {
             "finetune": ft.epochs.tolist(),

@@ -55,9 +55,24 @@ def results_markdown(results: dict[str, Any]) -> str:
     return head + results_table(results) + gate_line + f"\n\nTime: {timing}.\n"
 
 
+def rounds_csv(results: dict[str, Any]) -> str:
+    """The federated phase's per-round metrics as CSV."""
+    lines = ["round,val_loss,val_accuracy,improved,clients"]
+    for r in results["fedavg"]["history"]:
+        clients = " ".join(str(c) for c in r["clients"])
+        lines.append(
+            f"{r['round']},{r['val_loss']:.6f},{r['val_accuracy']:.6f},{int(r['improved'])},{clients}"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def write_results(results: dict[str, Any], out: Path) -> None:
-    """Write ``results.json``, ``results.md`` and ``config.toml`` into ``out``."""
+    """Write ``results.json``, ``results.md``, ``rounds.csv`` and ``config.toml`` into
+    ``out``; ``results.json`` last, since its presence marks a finished run."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(results))
+    (out / "rounds.csv").write_text(rounds_csv(results))
     (out / "config.toml").write_text(dumps_toml(results["config"]))
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(out / "results.json")

@@ -8,7 +8,9 @@ ServerApp drives the same object with messages to real nodes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,6 +72,7 @@ class FedAvgServer:
     best_round: int = field(init=False, default=-1)
     history: list[RoundRecord] = field(init=False, default_factory=list)
     _wait: int = field(init=False, default=0)
+    stopped: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         if len(self.opt_in) == 0:
@@ -97,7 +100,40 @@ class FedAvgServer:
             self.best_loss, self.best_round = val_loss, round_
         self._wait = 0 if improved else self._wait + 1
         self.history.append(RoundRecord(round_, clients, val_loss, val_accuracy, improved))
-        return es is not None and self._wait >= es.patience
+        self.stopped = es is not None and self._wait >= es.patience
+        return self.stopped
+
+    @property
+    def next_round(self) -> int:
+        """The round to run next (rounds recorded so far)."""
+        return len(self.history)
+
+    @property
+    def finished(self) -> bool:
+        """Early stopping fired, or every round has run."""
+        return self.stopped or self.next_round >= self.cfg.rounds
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where the server is (for checkpoints)."""
+        return {
+            "params": self.params,
+            "best_params": self.best_params,
+            "best_loss": self.best_loss,
+            "best_round": self.best_round,
+            "history": [asdict(r) for r in self.history],
+            "wait": self._wait,
+            "stopped": self.stopped,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`."""
+        self.params = state["params"]
+        self.best_params = state["best_params"]
+        self.best_loss = float(state["best_loss"])
+        self.best_round = int(state["best_round"])
+        self.history = [RoundRecord(**r) for r in state["history"]]
+        self._wait = int(state["wait"])
+        self.stopped = bool(state["stopped"])
 
 
 @dataclass(frozen=True)
@@ -118,16 +154,25 @@ def federate(
     cfg: FedAvgConfig,
     seed: int,
     progress: ProgressFn | None = None,
+    state: dict[str, Any] | None = None,
+    on_round: Callable[[FedAvgServer], None] | None = None,
 ) -> FedAvgResult:
     """Run FedAvg in the embedded simulator: each round's sampled clients train as one
     cohort from the global model; the global model is validated on all opt-in clients'
-    validation sets after every round."""
+    validation sets after every round.
+
+    ``state`` (a :meth:`FedAvgServer.state_dict`) resumes a run; every round's random
+    draws depend only on (seed, round), so a resumed run equals an uninterrupted one.
+    ``on_round`` is called with the server after every round (e.g. to checkpoint)."""
     server = FedAvgServer(init, np.asarray(opt_in, dtype=np.int64), cfg, seed)
+    if state is not None:
+        server.load_state_dict(state)
     objective = Classifier(net)
     device = init[next(iter(init))].device
     opt_in_t = torch.as_tensor(server.opt_in, device=device)
     opt_in_val = val_data.select(opt_in_t)
-    for round_ in range(cfg.rounds):
+    while not server.finished:
+        round_ = server.next_round
         clients = server.sample(round_)
         idx = torch.as_tensor(clients, device=device)
         keys = rng.client_keys(seed, idx.cpu(), f"fedavg/round/{round_}").to(device)
@@ -138,9 +183,9 @@ def federate(
         n = ev.n.to(torch.float64)
         loss = float((ev.loss * n).sum() / n.sum())
         acc = float((ev.accuracy * n).sum() / n.sum())
-        stop = server.record(round_, clients.tolist(), loss, acc)
+        server.record(round_, clients.tolist(), loss, acc)
         if progress is not None:
             progress(round_ + 1, len(clients))
-        if stop:
-            break
+        if on_round is not None:
+            on_round(server)
     return FedAvgResult(server.best_params, server.best_round, server.history)

@@ -1,0 +1,76 @@
+"""A run directory: config, checkpoints and results of one experiment.
+
+``DIR/config.toml`` is written before training starts, ``DIR/checkpoints/`` while it
+runs, and ``DIR/results.{json,md}`` plus ``DIR/rounds.csv`` when it ends (the
+checkpoints are then removed). A directory with a config but no results is an
+interrupted run that :func:`resume` finishes with the results it would have had.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from fedmoe.errors import ConfigError
+from fedmoe.experiment import config as cfgmod
+from fedmoe.experiment.config import ExperimentConfig
+from fedmoe.experiment.protocol import ProgressFactory, run_experiment
+from fedmoe.experiment.results import write_results
+
+CONFIG, RESULTS, CHECKPOINTS = "config.toml", "results.json", "checkpoints"
+
+
+def is_finished(directory: Path) -> bool:
+    """Whether ``directory`` holds a finished run."""
+    return (directory / RESULTS).exists()
+
+
+def run_in(
+    directory: Path, cfg: ExperimentConfig, progress: ProgressFactory | None = None
+) -> dict[str, Any]:
+    """Run ``cfg`` with its outputs in ``directory``, resuming if the directory holds an
+    interrupted run of the same config; a different or finished run there is an error."""
+    config_file = directory / CONFIG
+    text = cfgmod.dumps_toml(cfgmod.to_dict(cfg))
+    if config_file.exists():
+        if is_finished(directory):
+            raise ConfigError(f"{directory} already holds finished results; choose another --out")
+        if _load(config_file) != cfg:
+            raise ConfigError(
+                f"{directory} holds an interrupted run of another config; "
+                f"use 'fedmoe run --resume {directory}' or another --out"
+            )
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{CONFIG}.tmp"
+        tmp.write_text(text)
+        tmp.replace(config_file)
+    return _finish(directory, cfg, progress)
+
+
+def resume(directory: Path, progress: ProgressFactory | None = None) -> dict[str, Any]:
+    """Finish the interrupted run in ``directory`` with its saved config."""
+    config_file = directory / CONFIG
+    if not config_file.exists():
+        raise ConfigError(f"{directory}: no {CONFIG} here, so there is no run to resume")
+    if is_finished(directory):
+        raise ConfigError(f"{directory}: this run has finished already (results.json exists)")
+    return _finish(directory, _load(config_file), progress)
+
+
+def _load(path: Path) -> ExperimentConfig:
+    try:
+        return cfgmod.from_dict(tomllib.loads(path.read_text()))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _finish(
+    directory: Path, cfg: ExperimentConfig, progress: ProgressFactory | None
+) -> dict[str, Any]:
+    results = run_experiment(cfg, progress, checkpoints=directory / CHECKPOINTS)
+    write_results(results, directory)
+    shutil.rmtree(directory / CHECKPOINTS, ignore_errors=True)
+    return results

@@ -1,0 +1,160 @@
+"""Sweeps: a grid of config values x seeds, each cell a resumable run directory.
+
+``DIR/runs/<cell>-s<seed>/`` is one run (see :mod:`fedmoe.experiment.rundir`);
+finished runs are skipped when the sweep is run again, interrupted ones resume from
+their checkpoints. ``DIR/sweep.csv`` has one row per (cell, seed, method).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from fedmoe.errors import ConfigError
+from fedmoe.experiment import config as cfgmod
+from fedmoe.experiment import rundir
+from fedmoe.experiment.protocol import METHODS, ProgressFactory
+
+#: Short grid keys for the common axes.
+ALIASES = {"p": "partition.p", "opt_out": "partition.opt_out", "alpha": "partition.alpha"}
+
+CSV_TAIL = (
+    "seed",
+    "method",
+    "local_test_acc",
+    "global_test_acc",
+    "local_test_std",
+    "global_test_std",
+    "run",
+)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One grid axis: the key as given (``p``) and its values as written (``"0.2"``)."""
+
+    key: str
+    values: tuple[str, ...]
+
+    @property
+    def config_key(self) -> str:
+        return ALIASES.get(self.key, self.key)
+
+
+def _expand(values: list[str], item: str) -> list[str]:
+    """Expand ``a,b,...,z`` into the arithmetic progression from a to z with step b-a."""
+    if "..." not in values:
+        return values
+    i = values.index("...")
+    try:
+        if i < 2 or i != len(values) - 2:
+            raise InvalidOperation
+        a, b, z = Decimal(values[i - 2]), Decimal(values[i - 1]), Decimal(values[i + 1])
+    except InvalidOperation:
+        raise ConfigError(
+            f"grid {item!r}: write a range as a,b,...,z with numbers a, b, z"
+        ) from None
+    step = b - a
+    if step <= 0 or z < b:
+        raise ConfigError(f"grid {item!r}: a range a,b,...,z needs a < b <= z")
+    count = int((z - a) / step)
+    out = values[: i - 2] + [str(a + n * step) for n in range(count + 1)]
+    if Decimal(out[-1]) != z:
+        raise ConfigError(f"grid {item!r}: {z} is not reached in steps of {step} from {a}")
+    return out
+
+
+def parse_axis(item: str) -> Axis:
+    """``"p=0.2,0.5"`` or ``"p=0.2,0.3,...,1.0"`` -> an :class:`Axis`."""
+    key, sep, raw = item.partition("=")
+    values = [v.strip() for v in raw.split(",") if v.strip()]
+    if not sep or not key.strip() or not values:
+        raise ConfigError(f"grid {item!r} must look like key=v1,v2,... e.g. p=0.2,0.5,0.8")
+    return Axis(key.strip(), tuple(_expand(values, item)))
+
+
+def cell_name(cell: tuple[tuple[Axis, str], ...]) -> str:
+    return ",".join(f"{axis.key}={value}" for axis, value in cell) or "base"
+
+
+def _number(value: str) -> Any:
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() and "." not in value else number
+
+
+def run_sweep(
+    base: dict[str, Any],
+    axes: list[Axis],
+    seeds: int,
+    out: Path,
+    progress: ProgressFactory | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Run every cell of the grid for ``seeds`` seeds (``base`` seed + 0, 1, ...), skip
+    finished runs, resume interrupted ones, and write ``out/sweep.csv``. Every cell's
+    config is validated before the first run starts."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    if len({a.key for a in axes}) != len(axes):
+        raise ConfigError("each grid key may be given once")
+    base_seed = cfgmod.from_dict(base).seed
+    plan = []
+    for cell in itertools.product(*[[(a, v) for v in a.values] for a in axes]):
+        for i in range(seeds):
+            overrides = [f"{axis.config_key}={value}" for axis, value in cell] + [
+                f"seed={base_seed + i}"
+            ]
+            cfg = cfgmod.from_dict(cfgmod.apply_overrides(base, overrides))
+            plan.append((cell, cfg, out / "runs" / f"{cell_name(cell)}-s{cfg.seed}"))
+    for n, (cell, cfg, run_dir) in enumerate(plan, 1):
+        label = f"[{n}/{len(plan)}] {cell_name(cell)} seed {cfg.seed}"
+        if rundir.is_finished(run_dir):
+            log(f"{label}: finished before, skipped")
+            continue
+        log(f"{label}: running in {run_dir}")
+        rundir.run_in(run_dir, cfg, progress)
+        write_csv(out, axes, [(c, d) for c, _, d in plan])
+    return write_csv(out, axes, [(c, d) for c, _, d in plan])
+
+
+def write_csv(
+    out: Path, axes: list[Axis], runs: list[tuple[tuple[tuple[Axis, str], ...], Path]]
+) -> Path:
+    """Write ``out/sweep.csv`` from the finished runs among ``runs``."""
+    path = out / "sweep.csv"
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".sweep.csv.tmp"
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["cell", *[a.key for a in axes], *CSV_TAIL])
+        for cell, run_dir in runs:
+            if not rundir.is_finished(run_dir):
+                continue
+            results = json.loads((run_dir / rundir.RESULTS).read_text())
+            for method in METHODS:
+                m = results["methods"][method]
+                accs = [m[s]["mean"] for s in ("local_test", "global_test")]
+                stds = [m[s]["std"] for s in ("local_test", "global_test")]
+                writer.writerow(
+                    [
+                        cell_name(cell),
+                        *[_number(v) for _, v in cell],
+                        results["config"]["seed"],
+                        method,
+                        *[f"{v:.6f}" for v in accs],
+                        *[f"{v:.6f}" if math.isfinite(v) else "nan" for v in stds],
+                        str(run_dir.relative_to(out)),
+                    ]
+                )
+    tmp.replace(path)
+    return path

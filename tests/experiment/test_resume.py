@@ -1,0 +1,86 @@
+"""Kill -9 a run at several points; ``fedmoe run --resume`` gives identical results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedmoe.experiment import config
+
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
+
+TINY: dict[str, Any] = {
+    "partition": {"clients": 4, "train": 20, "val": 20, "test": 10, "p": 0.8},
+    "fedavg": {
+        "rounds": 6,
+        "clients_per_round": 2,
+        "local_epochs": 1,
+        "lr": 1e-3,
+        "checkpoint_every": 1,
+    },
+    "personalise": {
+        "epochs": 4,
+        "lr": 1e-3,
+        "moe_lr": 1e-3,
+        "stopping": {"check_every": 2, "patience": 1},
+    },
+}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _fedmoe(*args: str) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "fedmoe", "run", "--quiet", *args]
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _comparable(directory: Path) -> dict[str, Any]:
+    results: dict[str, Any] = json.loads((directory / "results.json").read_text())
+    results.pop("timing_s")
+    return results
+
+
+def _kill_when(proc: subprocess.Popen[bytes], marker: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before {marker.name} appeared: {proc.stderr.read()!r}")  # type: ignore[union-attr]
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{marker.name} did not appear in {timeout} s")
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_kill_and_resume_gives_identical_results(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "tiny.toml"
+    cfg_file.write_text(config.dumps_toml(TINY))
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    reference = _fedmoe("--config", str(cfg_file), "--out", str(whole))
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()  # type: ignore[union-attr]
+    assert not (whole / "checkpoints").exists()
+    assert (whole / "rounds.csv").read_text().startswith("round,val_loss")
+
+    checkpoints = broken / "checkpoints"
+    # Mid-federation, after the federated phase, after fine-tuning: kill -9, resume.
+    proc = _fedmoe("--config", str(cfg_file), "--out", str(broken))
+    _kill_when(proc, checkpoints / "federate-progress.pt")
+    for marker in ("federate.pt", "finetune.pt", "local.pt"):
+        assert not (broken / "results.json").exists()
+        _kill_when(_fedmoe("--resume", str(broken)), checkpoints / marker)
+    final = _fedmoe("--resume", str(broken))
+    assert final.wait(timeout=300) == 0, final.stderr.read()  # type: ignore[union-attr]
+    assert _comparable(broken) == _comparable(whole)
+    # A finished run cannot be resumed, nor overwritten by another config.
+    again = _fedmoe("--resume", str(broken))
+    assert again.wait(timeout=60) == 1
+    assert b"finished already" in again.stderr.read()  # type: ignore[union-attr]

@@ -1,0 +1,53 @@
+"""Sweeps: grid parsing, one run directory per cell and seed, skip and resume, sweep.csv."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from fedmoe.errors import ConfigError
+from fedmoe.experiment.sweep import parse_axis, run_sweep
+
+from .test_resume import FASHION, TINY
+
+
+def test_grid_parsing_and_ranges() -> None:
+    axis = parse_axis("p=0.2,0.3,...,1.0")
+    assert axis.values == tuple(f"{v / 10:.1f}" for v in range(2, 11))
+    assert axis.config_key == "partition.p"
+    assert parse_axis("personalise.pool=probability,log-linear").values == (
+        "probability",
+        "log-linear",
+    )
+    for bad in ("p", "p=", "p=0.2,...", "p=0.5,0.2,...,1.0", "p=0.2,0.3,...,0.45"):
+        with pytest.raises(ConfigError):
+            parse_axis(bad)
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
+def test_sweep_runs_cells_skips_finished_and_writes_csv(tmp_path: Path) -> None:
+    base = {**TINY, "fedavg": {**TINY["fedavg"], "rounds": 2}}
+    axes = [parse_axis("p=0.5,1.0"), parse_axis("opt_out=0,0.5")]
+    logs: list[str] = []
+    path = run_sweep(base, axes, 1, tmp_path, log=logs.append)
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == 4 * 4
+    assert {(r["p"], r["opt_out"]) for r in rows} == {
+        ("0.5", "0"),
+        ("0.5", "0.5"),
+        ("1.0", "0"),
+        ("1.0", "0.5"),
+    }
+    assert {r["method"] for r in rows} == {"fedavg", "local", "finetune", "moe"}
+    assert all(0.0 <= float(r["local_test_acc"]) <= 1.0 for r in rows)
+    assert (tmp_path / rows[0]["run"] / "results.json").exists()
+    # Running again skips every finished run; a run without results is redone.
+    (tmp_path / "runs" / "p=1.0,opt_out=0.5-s0" / "results.json").unlink()
+    logs.clear()
+    run_sweep(base, axes, 1, tmp_path, log=logs.append)
+    assert sum("skipped" in line for line in logs) == 3
+    assert len(list(csv.DictReader(path.open()))) == 16
+    with pytest.raises(ConfigError, match=r"partition\.p"):
+        run_sweep(base, [parse_axis("p=2")], 1, tmp_path / "bad", log=logs.append)
