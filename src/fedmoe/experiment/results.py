@@ -56,13 +56,21 @@ def results_markdown(results: dict[str, Any]) -> str:
 
 
 def rounds_csv(results: dict[str, Any]) -> str:
-    """The federated phase's per-round metrics as CSV."""
+    """The federated phase's per-round metrics as CSV (empty cells for missing values)."""
+
+    def number(v: float | None) -> str:
+        return "" if v is None else f"{v:.6f}"
+
     lines = ["round,val_loss,val_accuracy,improved,clients"]
     for r in results["fedavg"]["history"]:
         clients = " ".join(str(c) for c in r["clients"])
-        lines.append(
-            f"{r['round']},{r['val_loss']:.6f},{r['val_accuracy']:.6f},{int(r['improved'])},{clients}"
-        )
+        row = [
+            str(r["round"]),
+            number(r["val_loss"]),
+            number(r["val_accuracy"]),
+            str(int(r["improved"])),
+        ]
+        lines.append(",".join([*row, clients]))
     return "\n".join(lines) + "\n"
 
 

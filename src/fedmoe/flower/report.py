@@ -101,6 +101,7 @@ def flower_results(
                     "val_loss": _finite_or_none(r.val_loss),
                     "val_accuracy": _finite_or_none(r.val_accuracy),
                     "clients": r.clients,
+                    "improved": r.improved,
                 }
                 for r in server.history
             ],
