@@ -51,3 +51,20 @@ def test_sweep_runs_cells_skips_finished_and_writes_csv(tmp_path: Path) -> None:
     assert len(list(csv.DictReader(path.open()))) == 16
     with pytest.raises(ConfigError, match=r"partition\.p"):
         run_sweep(base, [parse_axis("p=2")], 1, tmp_path / "bad", log=logs.append)
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
+def test_tensorboard_option_logs_rounds_and_results(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fedmoe.experiment import config, rundir
+
+    cfg = config.from_dict({**TINY, "tensorboard": True, "fedavg": {**TINY["fedavg"], "rounds": 3}})
+    results = rundir.run_in(tmp_path / "run", cfg)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    losses = events.Scalars("fedavg/val_loss")
+    assert [e.step for e in losses] == [r["round"] for r in results["fedavg"]["history"]]
+    assert losses[0].value == pytest.approx(results["fedavg"]["history"][0]["val_loss"], rel=1e-6)
+    moe = events.Scalars("moe/local_test_accuracy")
+    assert moe[0].value == pytest.approx(results["methods"]["moe"]["local_test"]["mean"], rel=1e-6)

@@ -157,6 +157,7 @@ class ExperimentConfig:
     dtype: DType = "float32"
     dropout: float = 0.5
     max_cohort: int = 1024
+    tensorboard: bool = False
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     fedavg: FedAvgSection = field(default_factory=FedAvgSection)
     personalise: PersonaliseSection = field(default_factory=PersonaliseSection)

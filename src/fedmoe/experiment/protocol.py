@@ -257,6 +257,7 @@ def _federate(
     prep: Prepared,
     store: Checkpoints,
     bar: Callable[[str, int], ProgressFn],
+    on_round: Callable[[RoundRecord], None] | None,
 ) -> FedAvgResult:
     """The federated phase, resumed from and checkpointed into ``store``."""
     done = store.load("federate")
@@ -268,6 +269,8 @@ def _federate(
     every = cfg.fedavg.checkpoint_every
 
     def checkpoint(server: FedAvgServer) -> None:
+        if on_round is not None:
+            on_round(server.history[-1])
         if server.finished or server.next_round % every == 0:
             store.save("federate-progress", server.state_dict())
 
@@ -320,13 +323,15 @@ def run_experiment(
     cfg: ExperimentConfig,
     progress: ProgressFactory | None = None,
     checkpoints: Path | None = None,
+    on_round: Callable[[RoundRecord], None] | None = None,
 ) -> dict[str, Any]:
     """Run the whole protocol and return the results as a JSON-able dict.
 
     With ``checkpoints`` (a directory), the federated phase is checkpointed every
     ``fedavg.checkpoint_every`` rounds and each personalisation stage when it ends; a
     later call with the same config and directory resumes from there and returns the
-    same results (up to ``timing_s``) as an uninterrupted run.
+    same results (up to ``timing_s``) as an uninterrupted run. ``on_round`` sees every
+    FedAvg round's record as it happens (rounds restored from a checkpoint excepted).
     """
 
     def bar(name: str, total: int) -> ProgressFn:
@@ -341,7 +346,7 @@ def run_experiment(
     device = prep.train.x.device
     clients = torch.arange(k)
     with timer.phase("federate"):
-        fed = _federate(cfg, prep, store, bar)
+        fed = _federate(cfg, prep, store, bar, on_round)
     pcfg = personalise_config(cfg, cfg.personalise.lr)
     epochs = cfg.personalise.epochs
     classifier = Classifier(net)

@@ -1,9 +1,10 @@
 """A run directory: config, checkpoints and results of one experiment.
 
-``DIR/config.toml`` is written before training starts, ``DIR/checkpoints/`` while it
-runs, and ``DIR/results.{json,md}`` plus ``DIR/rounds.csv`` when it ends (the
-checkpoints are then removed). A directory with a config but no results is an
-interrupted run that :func:`resume` finishes with the results it would have had.
+``DIR/config.toml`` is written before training starts, ``DIR/checkpoints/`` (and, with
+``tensorboard = true``, ``DIR/tensorboard/``) while it runs, and ``DIR/results.{json,md}``
+plus ``DIR/rounds.csv`` when it ends (the checkpoints are then removed). A directory
+with a config but no results is an interrupted run that :func:`resume` finishes with
+the results it would have had.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fedmoe.experiment import config as cfgmod
 from fedmoe.experiment.config import ExperimentConfig
 from fedmoe.experiment.protocol import ProgressFactory, run_experiment
 from fedmoe.experiment.results import write_results
+from fedmoe.experiment.tensorboard import TensorBoardLog
 
 CONFIG, RESULTS, CHECKPOINTS = "config.toml", "results.json", "checkpoints"
 
@@ -70,7 +72,11 @@ def _load(path: Path) -> ExperimentConfig:
 def _finish(
     directory: Path, cfg: ExperimentConfig, progress: ProgressFactory | None
 ) -> dict[str, Any]:
-    results = run_experiment(cfg, progress, checkpoints=directory / CHECKPOINTS)
+    log = TensorBoardLog(directory / "tensorboard") if cfg.tensorboard else None
+    on_round = log.round if log is not None else None
+    results = run_experiment(cfg, progress, checkpoints=directory / CHECKPOINTS, on_round=on_round)
     write_results(results, directory)
+    if log is not None:
+        log.results(results)
     shutil.rmtree(directory / CHECKPOINTS, ignore_errors=True)
     return results
