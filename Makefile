@@ -22,6 +22,7 @@ data: $(STAMP)
 
 run: data
 	$(VENV)/bin/fedmoe data info fashion-mnist
+	rm -rf runs/quick  # a run directory holds one run; make run replaces the last one
 	$(VENV)/bin/fedmoe run --preset quick --out runs/quick
 
 lint: $(STAMP)
