@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +44,9 @@ def child_env(threads: int) -> dict[str, str]:
     return env
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
+def _proc_stats() -> Iterator[tuple[int, list[bytes]]]:
+    """``(pid, fields)`` for every process: the fields of ``/proc/<pid>/stat`` after the
+    command name (state, ppid, pgrp, ...)."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -53,8 +55,13 @@ def _children() -> dict[int, list[int]]:
                 stat = f.read()
         except OSError:
             continue
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        tree.setdefault(ppid, []).append(int(entry.name))
+        yield int(entry.name), stat[stat.rindex(b")") + 2 :].split()
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for pid, fields in _proc_stats():
+        tree.setdefault(int(fields[1]), []).append(pid)
     return tree
 
 
@@ -143,17 +150,7 @@ def run_child(args: list[str], threads: int, timeout: float) -> ChildResult:
 
 
 def _group_alive(pgid: int) -> bool:
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(b")") + 2 :].split()[2]) == pgid:
-            return True
-    return False
+    return any(int(fields[2]) == pgid for _, fields in _proc_stats())
 
 
 def _kill_group(pgid: int) -> None:
