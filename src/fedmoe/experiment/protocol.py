@@ -141,10 +141,9 @@ def global_init(cfg: ExperimentConfig, net: Network, device: torch.device) -> Pa
     return net.init(cfg.seed, torch.tensor([0]), "global/init", torch_dtype(cfg), device)
 
 
-def prepare(cfg: ExperimentConfig) -> Prepared:
-    """Load the dataset, partition it, and build the cohort tensors and networks."""
-    ds = load_dataset(cfg.dataset, cfg.data_dir or None)
-    part = make_partition(
+def partition_of(cfg: ExperimentConfig, ds: ArrayDataset) -> Partition:
+    """The client partition the config describes for dataset ``ds``."""
+    return make_partition(
         partition_spec(cfg.partition),
         ds.y_train,
         ds.y_test,
@@ -152,6 +151,12 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         cfg.seed,
         cfg.partition.opt_out,
     )
+
+
+def prepare(cfg: ExperimentConfig) -> Prepared:
+    """Load the dataset, partition it, and build the cohort tensors and networks."""
+    ds = load_dataset(cfg.dataset, cfg.data_dir or None)
+    part = partition_of(cfg, ds)
     device = resolve_device(cfg.device)
     dtype = torch_dtype(cfg)
     mean, std = input_stats(ds)

@@ -32,24 +32,13 @@ from typing import Any
 from fedmoe.errors import FedmoeError
 from fedmoe.experiment import plots
 from fedmoe.experiment.plots import BarPanel, BoxPanel, Curve, ScatterPoint, method_label
+from fedmoe.experiment.sweep_format import ALIASES, COLUMNS
 
 __all__ = ["ReportError", "Sweep", "read_sweep", "write_report"]
 
 SWEEP_CSV = "sweep.csv"
 REPORT_MD = "report.md"
 PLOTS_DIR = "plots"
-#: The columns after the grid keys that every sweep.csv has.
-COLUMNS = (
-    "seed",
-    "method",
-    "local_test_acc",
-    "global_test_acc",
-    "local_test_std",
-    "global_test_std",
-    "run",
-)
-#: Short grid keys and the config entries they stand for.
-ALIASES = {"p": "partition.p", "opt_out": "partition.opt_out"}
 #: How far (absolute, accuracy in [0, 1]) sweep.csv may differ from the run's results.
 TOLERANCE = 1e-3
 _PAPER_METHODS = ("fedavg", "local", "finetune", "moe")

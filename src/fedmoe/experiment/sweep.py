@@ -21,19 +21,7 @@ from fedmoe.errors import ConfigError
 from fedmoe.experiment import config as cfgmod
 from fedmoe.experiment import rundir
 from fedmoe.experiment.protocol import METHODS, ProgressFactory
-
-#: Short grid keys for the common axes.
-ALIASES = {"p": "partition.p", "opt_out": "partition.opt_out", "alpha": "partition.alpha"}
-
-CSV_TAIL = (
-    "seed",
-    "method",
-    "local_test_acc",
-    "global_test_acc",
-    "local_test_std",
-    "global_test_std",
-    "run",
-)
+from fedmoe.experiment.sweep_format import ALIASES, COLUMNS
 
 
 @dataclass(frozen=True)
@@ -136,7 +124,7 @@ def write_csv(
     tmp = out / ".sweep.csv.tmp"
     with tmp.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["cell", *[a.key for a in axes], *CSV_TAIL])
+        writer.writerow(["cell", *[a.key for a in axes], *COLUMNS])
         for cell, run_dir in runs:
             if not rundir.is_finished(run_dir):
                 continue

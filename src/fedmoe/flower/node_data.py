@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from fedmoe import rng
-from fedmoe.data import ArrayDataset, get_spec, load_dataset, make_partition
+from fedmoe.data import ArrayDataset, get_spec, load_dataset
 from fedmoe.data.partition import Partition
 from fedmoe.data.registry import BuiltinSource, FileFormat, FileSpec
 from fedmoe.engine import ClientData
@@ -38,7 +38,7 @@ from fedmoe.errors import DataError
 from fedmoe.experiment.config import ExperimentConfig
 from fedmoe.experiment.protocol import (
     input_stats,
-    partition_spec,
+    partition_of,
     resolve_device,
     to_tensor,
     torch_dtype,
@@ -96,15 +96,7 @@ def _dataset(cfg: ExperimentConfig, data_dir: str) -> ArrayDataset:
 
 @lru_cache(maxsize=2)
 def _partition(cfg: ExperimentConfig, data_dir: str) -> Partition:
-    ds = _dataset(cfg, data_dir)
-    return make_partition(
-        partition_spec(cfg.partition),
-        ds.y_train,
-        ds.y_test,
-        ds.num_classes,
-        cfg.seed,
-        cfg.partition.opt_out,
-    )
+    return partition_of(cfg, _dataset(cfg, data_dir))
 
 
 @lru_cache(maxsize=2)
