@@ -78,6 +78,24 @@ def test_server_samples_opt_in_only_and_keeps_a_copy_of_the_best() -> None:
     torch.testing.assert_close(server.best_params["w"], torch.ones(1, 2))
 
 
+def test_server_validates_every_check_every_rounds_and_counts_patience_in_checks() -> None:
+    cfg = FedAvgConfig(
+        rounds=10, clients_per_round=1, local=_cfg(), early_stopping=EarlyStopping(3, 2, 0.0)
+    )
+    server = FedAvgServer({"w": torch.zeros(1, 2)}, np.array([0]), cfg, seed=0)
+    assert [r for r in range(10) if server.validates(r)] == [2, 5, 8, 9]
+    stops = []
+    for r in range(9):
+        if server.validates(r):
+            stops.append(server.record(r, [0], 1.0 if r == 2 else 2.0, 0.5))
+        else:
+            stops.append(server.record(r, [0]))
+    # Checks after rounds 2 (best), 5 and 8 (no improvement: patience 2 reached at 8).
+    assert stops == [False] * 8 + [True]
+    assert server.best_round == 2
+    assert [h.val_loss for h in server.history[:3]] == [None, None, 1.0]
+
+
 def _toy(num_clients: int = 4, per_client: int = 20) -> tuple[ClientData, ClientData, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     n = num_clients * per_client * 2

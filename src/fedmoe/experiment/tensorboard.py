@@ -27,7 +27,9 @@ class TensorBoardLog:
         self.writer = SummaryWriter(log_dir=str(directory))
 
     def round(self, record: RoundRecord) -> None:
-        """Log one FedAvg round's validation of the global model."""
+        """Log one FedAvg round's validation of the global model (check rounds only)."""
+        if record.val_loss is None or record.val_accuracy is None:
+            return
         self.writer.add_scalar("fedavg/val_loss", record.val_loss, record.round)
         self.writer.add_scalar("fedavg/val_accuracy", record.val_accuracy, record.round)
         self.writer.flush()

@@ -31,8 +31,8 @@ from fedmoe.methods import FedAvgServer
 from fedmoe.models import Network
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _numbers(reply: Message) -> dict[str, float]:

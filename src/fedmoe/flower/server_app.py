@@ -255,8 +255,14 @@ def _federated_round(
         server.aggregate(stacked, torch.tensor(weights, dtype=torch.int64))
     else:
         logger.warning("fedmoe: round %d: no valid update; the global model is unchanged", round_)
-    loss, accuracy, validated = _validate(roster, server, round_, options, log)
-    stop = server.record(round_, aggregated, loss, accuracy)
+    validated: list[int] = []
+    if server.validates(round_):
+        loss, accuracy, validated = _validate(roster, server, round_, options, log)
+        stop = server.record(round_, aggregated, loss, accuracy)
+        checked = f"validation loss {loss:.4f}, accuracy {accuracy:.4f} on {len(validated)} clients"
+    else:
+        stop = server.record(round_, aggregated)
+        checked = "no validation this round"
     log.rounds.append(
         {
             "round": round_,
@@ -267,14 +273,11 @@ def _federated_round(
         }
     )
     logger.info(
-        "fedmoe: round %d: aggregated %d of %d sampled clients; validation loss %.4f, "
-        "accuracy %.4f on %d clients",
+        "fedmoe: round %d: aggregated %d of %d sampled clients; %s",
         round_,
         len(aggregated),
         len(sampled),
-        loss,
-        accuracy,
-        len(validated),
+        checked,
     )
     return stop
 

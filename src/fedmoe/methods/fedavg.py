@@ -24,7 +24,10 @@ from fedmoe.models import Network, Params
 
 @dataclass(frozen=True)
 class FedAvgConfig:
-    """``rounds`` is an upper bound when early stopping is on (checked in rounds)."""
+    """``rounds`` is an upper bound when early stopping is on. The global model is
+    validated after every ``early_stopping.check_every``-th round (and the last one);
+    ``patience`` counts those checks. Without early stopping it is validated every round
+    and the best round is kept."""
 
     rounds: int
     clients_per_round: int
@@ -50,12 +53,12 @@ def aggregate(updates: Params, weights: torch.Tensor) -> Params:
 
 @dataclass
 class RoundRecord:
-    """What happened in one round."""
+    """What happened in one round (``val_*`` are ``None`` for rounds without a check)."""
 
     round: int
     clients: list[int]
-    val_loss: float
-    val_accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
     improved: bool
 
 
@@ -89,9 +92,24 @@ class FedAvgServer:
         """Replace the global model by the weighted average of ``updates``."""
         self.params = aggregate(updates, weights)
 
-    def record(self, round_: int, clients: list[int], val_loss: float, val_accuracy: float) -> bool:
-        """Record the global model's validation after ``round_``; keep a copy if it is the
-        best so far. Returns ``True`` when training should stop (early stopping)."""
+    def validates(self, round_: int) -> bool:
+        """Whether the global model is validated after ``round_``."""
+        es = self.cfg.early_stopping
+        return es is None or (round_ + 1) % es.check_every == 0 or round_ + 1 >= self.cfg.rounds
+
+    def record(
+        self,
+        round_: int,
+        clients: list[int],
+        val_loss: float | None = None,
+        val_accuracy: float | None = None,
+    ) -> bool:
+        """Record ``round_``: its validation of the global model on check rounds (see
+        :meth:`validates`), where a copy is kept if it is the best so far, and nothing else
+        on the others. Returns ``True`` when training should stop (early stopping)."""
+        if val_loss is None:
+            self.history.append(RoundRecord(round_, clients, None, None, False))
+            return self.stopped
         es = self.cfg.early_stopping
         delta = es.min_delta if es else 0.0
         improved = val_loss < self.best_loss - delta
@@ -179,11 +197,14 @@ def federate(
         cohort = train_data.select(idx)
         result = train(objective, broadcast(server.params, len(clients)), cohort, cfg.local, keys)
         server.aggregate(result.params, cohort.n)
-        ev = evaluate(objective, server.params, opt_in_val)
-        n = ev.n.to(torch.float64)
-        loss = float((ev.loss * n).sum() / n.sum())
-        acc = float((ev.accuracy * n).sum() / n.sum())
-        server.record(round_, clients.tolist(), loss, acc)
+        if server.validates(round_):
+            ev = evaluate(objective, server.params, opt_in_val)
+            n = ev.n.to(torch.float64)
+            loss = float((ev.loss * n).sum() / n.sum())
+            acc = float((ev.accuracy * n).sum() / n.sum())
+            server.record(round_, clients.tolist(), loss, acc)
+        else:
+            server.record(round_, clients.tolist())
         if progress is not None:
             progress(round_ + 1, len(clients))
         if on_round is not None:
