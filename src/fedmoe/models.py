@@ -137,6 +137,28 @@ class Network:
         ``1 / (1 - dropout)``. Returns ``(K, B, num_outputs)`` log-probabilities, or
         ``(K, B)`` gate logits.
         """
+        h = self.features(params, x, dropout_mask)
+        d = self.denses[-1]
+        h = torch.baddbmm(
+            params[f"{d.name}.bias"].unsqueeze(1), h, params[f"{d.name}.weight"].transpose(1, 2)
+        )
+        if self.output == "logit":
+            return h.squeeze(-1)
+        return F.log_softmax(h, dim=-1)
+
+    @property
+    def feature_size(self) -> int:
+        """Width of :meth:`features` (the last hidden layer)."""
+        return self.denses[-1].in_features
+
+    def features(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        dropout_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The last hidden layer (after its ReLU): ``(K, B, feature_size)``; arguments as
+        in :meth:`forward`."""
         k, b = next(iter(params.values())).shape[0], x.shape[1]
         if x.shape[0] not in (1, k):
             raise ValueError(f"inputs for {x.shape[0]} clients but parameters for {k}")
@@ -158,17 +180,12 @@ class Network:
             h = h.reshape(b, k, -1).transpose(0, 1)
         else:
             h = x.reshape(x.shape[0], b, -1).expand(k, b, -1)
-        last = len(self.denses) - 1
-        for i, d in enumerate(self.denses):
+        for i, d in enumerate(self.denses[:-1]):
             w, bias = params[f"{d.name}.weight"], params[f"{d.name}.bias"]
-            h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
-            if i < last:
-                h = F.relu(h)
+            h = F.relu(torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2)))
             if i == 0 and dropout_mask is not None:
                 h = h * dropout_mask
-        if self.output == "logit":
-            return h.squeeze(-1)
-        return F.log_softmax(h, dim=-1)
+        return h
 
     def dropout_mask(
         self, keys: torch.Tensor, counter: int, batch: int, dtype: torch.dtype

@@ -54,6 +54,27 @@ def test_small_run_is_complete_deterministic_and_respects_opt_out(tmp_path: Path
 
 
 @needs_fashion_mnist
+def test_moe_plus_with_its_ablation_and_the_centralised_bound(tmp_path: Path) -> None:
+    extra = {
+        "moe_plus": {"enabled": True, "ablation": True},
+        "centralised": {"enabled": True, "epochs": 3},
+    }
+    res = run_experiment(config.from_dict(SMALL | extra))
+    assert list(res["methods"]) == [*METHODS, "moe-plus", "centralised"]
+    assert len(res["ablation"]) == 6
+    best = res["ablation"]["global features, held-out, calibrated, prior"]
+    assert best["local_test"] == res["methods"]["moe-plus"]["local_test"]
+    assert best["gate"] == res["gate_plus"]
+    assert all(0.0 < g < 1.0 for g in res["gate_plus"]["global_test"]["all"])
+    # The centralised model is one model: one global-test accuracy for every client.
+    assert len(set(res["methods"]["centralised"]["global_test"]["per_client"])) == 1
+    assert len(res["epochs"]["moe-plus"]) == 6
+    write_results(res, tmp_path)
+    table = (tmp_path / "results.md").read_text()
+    assert "| MoE+ |" in table and "| Centralised |" in table
+
+
+@needs_fashion_mnist
 def test_inconsistent_sizes_fail_before_training() -> None:
     cfg = config.from_dict({"partition": {"clients": 1000, "train": 100, "val": 200}})
     with pytest.raises(PartitionError, match="exceed"):

@@ -16,7 +16,13 @@ import pytest
 
 from fedmoe.errors import FedmoeError
 from fedmoe.experiment.plots import METHOD_LABELS
-from fedmoe.experiment.report import ReportError, gate_means, read_sweep, write_report
+from fedmoe.experiment.report import (
+    ReportError,
+    ablation_table,
+    gate_means,
+    read_sweep,
+    write_report,
+)
 
 METHODS = ("fedavg", "local", "finetune", "moe")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -355,3 +361,26 @@ def test_bad_input_is_one_line_error(tmp_path: Path, case: str) -> None:
 def test_directory_without_sweep(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match=r"sweep\.csv: not found"):
         write_report(tmp_path / "nowhere")
+
+
+def test_ablation_table_lists_each_gate_variant_per_cell(tmp_path: Path) -> None:
+    root = make_sweep(tmp_path / "s", {"p": ["0.5", "1.0"]}, [0, 1])
+    for run in sorted((root / "runs").iterdir()):
+        results = json.loads((run / "results.json").read_text())
+        p, seed = results["config"]["partition"]["p"], results["config"]["seed"]
+        results["ablation"] = {
+            "best": {"local_test": {"mean": 0.8 + 0.1 * p + 0.01 * seed},
+                     "global_test": {"mean": 0.7}},
+            "worse": {"local_test": {"mean": 0.5}, "global_test": {"mean": 0.6 + 0.02 * seed}},
+        }  # fmt: skip
+        (run / "results.json").write_text(json.dumps(results))
+    sweep = read_sweep(root)
+    assert ablation_table(sweep, "local_test").splitlines()[2:] == [
+        "| best | **85.5 ± 0.7** | **90.5 ± 0.7** |",
+        "| worse | 50.0 ± 0.0 | 50.0 ± 0.0 |",
+    ]
+    assert ablation_table(sweep, "global_test").splitlines()[3] == (
+        "| worse | 61.0 ± 1.4 | 61.0 ± 1.4 |"
+    )
+    assert "## MoE+ ablation" in write_report(root).read_text()
+    assert ablation_table(read_sweep(make_sweep(tmp_path / "t", {"p": ["0.5"]}, [0])), "x") == ""

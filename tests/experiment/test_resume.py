@@ -33,6 +33,8 @@ TINY: dict[str, Any] = {
         "moe_lr": 1e-3,
         "stopping": {"check_every": 2, "patience": 1},
     },
+    "moe_plus": {"enabled": True, "ablation": True},
+    "centralised": {"enabled": True, "epochs": 3},
 }
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -71,10 +73,11 @@ def test_kill_and_resume_gives_identical_results(tmp_path: Path) -> None:
     assert (whole / "rounds.csv").read_text().startswith("round,val_loss")
 
     checkpoints = broken / "checkpoints"
-    # Mid-federation, after the federated phase, after fine-tuning: kill -9, resume.
+    # Mid-federation, after the federated phase and after each personalisation stage
+    # (moe-plus.pt first appears after the first of its ablation variants): kill -9, resume.
     proc = _fedmoe("--config", str(cfg_file), "--out", str(broken))
     _kill_when(proc, checkpoints / "federate-progress.pt")
-    for marker in ("federate.pt", "finetune.pt", "local.pt"):
+    for marker in ("federate.pt", "finetune.pt", "local.pt", "moe.pt", "moe-plus.pt"):
         assert not (broken / "results.json").exists()
         _kill_when(_fedmoe("--resume", str(broken)), checkpoints / marker)
     final = _fedmoe("--resume", str(broken))

@@ -69,3 +69,14 @@ def test_tensorboard_option_logs_rounds_and_results(tmp_path: Path) -> None:
     assert losses[0].value == pytest.approx(checks[0]["val_loss"], rel=1e-6)
     moe = events.Scalars("moe/local_test_accuracy")
     assert moe[0].value == pytest.approx(results["methods"]["moe"]["local_test"]["mean"], rel=1e-6)
+
+
+def test_sweep_runs_every_cell_for_one_seed_before_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedmoe.experiment import sweep
+
+    ran: list[str] = []
+    monkeypatch.setattr(sweep.rundir, "run_in", lambda d, cfg, progress=None: ran.append(d.name))
+    run_sweep(TINY, [parse_axis("p=0.5,1.0")], 2, tmp_path, log=lambda _: None)
+    assert ran == ["p=0.5-s0", "p=1.0-s0", "p=0.5-s1", "p=1.0-s1"]

@@ -75,6 +75,8 @@ def test_bad_run_config_values_give_one_line_errors() -> None:
         split_run_config(flat | {"flower.round-timeout": 0})
     with pytest.raises(ConfigError, match=r"flower\.min-nodes must be of type int"):
         split_run_config(flat | {"flower.min-nodes": 2.5})
+    with pytest.raises(ConfigError, match=r"moe_plus\.enabled: the Flower app runs"):
+        split_run_config(flat | {"moe_plus.enabled": True})
 
 
 def test_node_config() -> None:

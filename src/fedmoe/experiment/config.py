@@ -21,6 +21,8 @@ Scheme = Literal["majority", "dirichlet", "iid", "shards"]
 OptName = Literal["adam", "sgd"]
 PoolName = Literal["probability", "log-linear"]
 DType = Literal["float32", "float64"]
+GateInputsName = Literal["features", "image"]
+GateDataName = Literal["heldout", "train"]
 
 
 def _check(ok: bool, message: str) -> None:
@@ -138,6 +140,45 @@ class PersonaliseSection:
         self.stopping.validate("personalise.stopping")
 
 
+@dataclass(frozen=True)
+class MoePlusSection:
+    """``moe-plus`` (fedmoe.methods.gating): a gate fitted over the frozen fine-tuned
+    specialist and global expert. ``ablation`` also fits every one-option-switched
+    variant and reports them under ``ablation`` in results.json."""
+
+    enabled: bool = False
+    inputs: GateInputsName = "features"
+    data: GateDataName = "heldout"
+    calibrate: bool = True
+    prior: bool = True
+    lr: float = 1e-3
+    ablation: bool = False
+
+    def validate(self) -> None:
+        _check(self.lr > 0, f"moe_plus.lr must be positive, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class CentralisedSection:
+    """A centralised-training upper bound: one model trained on every client's training
+    data pooled, early-stopped on the pooled validation sets (every epoch)."""
+
+    enabled: bool = False
+    epochs: int = 100
+    batch_size: int = 50
+    lr: float = 1e-3
+    patience: int = 5
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, f"centralised.epochs must be at least 1, got {self.epochs}")
+        _check(
+            self.batch_size >= 1,
+            f"centralised.batch_size must be at least 1, got {self.batch_size}",
+        )
+        _check(self.lr > 0, f"centralised.lr must be positive, got {self.lr}")
+        _check(self.patience >= 1, f"centralised.patience must be at least 1, got {self.patience}")
+
+
 def _validate_optim(where: str, batch: int, lr: float, momentum: float, wd: float) -> None:
     _check(batch >= 1, f"{where}.batch_size must be at least 1, got {batch}")
     _check(lr > 0, f"{where}.lr must be positive, got {lr}")
@@ -161,6 +202,8 @@ class ExperimentConfig:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     fedavg: FedAvgSection = field(default_factory=FedAvgSection)
     personalise: PersonaliseSection = field(default_factory=PersonaliseSection)
+    moe_plus: MoePlusSection = field(default_factory=MoePlusSection)
+    centralised: CentralisedSection = field(default_factory=CentralisedSection)
 
     def validate(self) -> ExperimentConfig:
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
@@ -173,6 +216,8 @@ class ExperimentConfig:
         self.partition.validate()
         self.fedavg.validate()
         self.personalise.validate()
+        self.moe_plus.validate()
+        self.centralised.validate()
         return self
 
 

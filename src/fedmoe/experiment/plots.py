@@ -39,7 +39,14 @@ __all__ = [
 
 #: Display names of the paper's methods (the same as ``protocol.METHOD_LABELS``, kept here
 #: so that reporting does not import torch).
-METHOD_LABELS = {"fedavg": "FedAvg", "local": "Local", "finetune": "FT", "moe": "MoE"}
+METHOD_LABELS = {
+    "fedavg": "FedAvg",
+    "local": "Local",
+    "finetune": "FT",
+    "moe": "MoE",
+    "moe-plus": "MoE+",
+    "centralised": "Centralised",
+}
 _METHOD_STYLES = {
     "fedavg": ("tab:blue", "s"),
     "local": ("tab:orange", "^"),

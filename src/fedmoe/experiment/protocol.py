@@ -7,7 +7,6 @@ FedAvg, Local, FT and MoE on each client's local test set and on the global test
 
 from __future__ import annotations
 
-import math
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -43,8 +42,10 @@ from fedmoe.engine import (
 from fedmoe.engine.evaluate import batches
 from fedmoe.engine.train import ProgressFn
 from fedmoe.errors import ConfigError
+from fedmoe.experiment import extras
 from fedmoe.experiment.checkpoint import Checkpoints
 from fedmoe.experiment.config import ExperimentConfig, PartitionConfig, StoppingConfig, to_dict
+from fedmoe.experiment.summary import gate_summary, majority_mask, summarise
 from fedmoe.methods import (
     FedAvgConfig,
     FedAvgResult,
@@ -60,8 +61,17 @@ from fedmoe.methods.fedavg import RoundRecord
 from fedmoe.methods.mixture import Mixture
 from fedmoe.models import Network, Params, build_network, default_architecture
 
+#: The paper's methods, run in every experiment; ``moe-plus`` and ``centralised`` are
+#: added when the config enables them.
 METHODS = ("fedavg", "local", "finetune", "moe")
-METHOD_LABELS = {"fedavg": "FedAvg", "local": "Local", "finetune": "FT", "moe": "MoE"}
+METHOD_LABELS = {
+    "fedavg": "FedAvg",
+    "local": "Local",
+    "finetune": "FT",
+    "moe": "MoE",
+    "moe-plus": "MoE+",
+    "centralised": "Centralised",
+}
 
 #: ``progress(description, total)`` returns the callback a phase reports to.
 ProgressFactory = Callable[[str, int], ProgressFn]
@@ -209,37 +219,15 @@ def mixture_config(cfg: ExperimentConfig) -> MixtureConfig:
     return MixtureConfig(p.pool, p.train_specialist, p.gate_bias)
 
 
-def summarise(values: torch.Tensor) -> dict[str, Any]:
-    """Per-client values (``(K,)``) as ``per_client`` (rounded), ``mean``, ``std``, ``min``."""
-    v = values.detach().cpu().to(torch.float64)
-    return {
-        "per_client": [round(float(a), 6) for a in v],
-        "mean": float(v.mean()),
-        "std": float(v.std(unbiased=False)),
-        "min": float(v.min()),
-    }
-
-
 @torch.no_grad()
 def gate_statistics(
     mixture: Mixture, params: Params, data: ClientData, majority: torch.Tensor
 ) -> dict[str, Any]:
     """Mean gate weight on the specialist per client: overall, on samples of the client's
     majority classes (``majority``: bool ``(K, C)``) and on its other samples."""
-    k = data.num_clients
-    sums = torch.zeros(3, k, dtype=torch.float64, device=data.index.device)
-    counts = torch.zeros(3, k, dtype=torch.float64, device=data.index.device)
-    for x, y, valid in batches(data):
-        g = mixture.gate_values(params, x).to(torch.float64)
-        is_major = torch.gather(majority, 1, y) & valid
-        for row, mask in enumerate((valid, is_major, valid & ~is_major)):
-            sums[row] += torch.where(mask, g, 0.0).sum(1)
-            counts[row] += mask.sum(1)
-    means = (sums / counts).cpu()
-    return {
-        name: [None if math.isnan(float(v)) else round(float(v), 6) for v in means[row]]
-        for row, name in enumerate(("all", "majority", "other"))
-    }
+    parts = [(mixture.gate_values(params, x), y, valid) for x, y, valid in batches(data)]
+    g, y, valid = (torch.cat(t, 1) for t in zip(*parts, strict=True))
+    return gate_summary(g, y, valid, majority)
 
 
 class _Timer:
@@ -414,14 +402,39 @@ def run_experiment(
                 "local_test": summarise(evaluate(objective, params, prep.test).accuracy),
                 "global_test": summarise(evaluate(objective, params, prep.global_test).accuracy),
             }
-        majority = torch.zeros(k, prep.dataset.num_classes, dtype=torch.bool, device=device)
-        for i, c in enumerate(part.clients):
-            majority[i, list(c.majority)] = True
+        majority = majority_mask(part, prep.dataset.num_classes, device)
         assert isinstance(mix.objective, Mixture)
         gate = {
             "local_test": gate_statistics(mix.objective, mix.params, prep.test, majority),
             "global_test": gate_statistics(mix.objective, mix.params, prep.global_test, majority),
         }
+    epochs_run = {
+        "finetune": ft.epochs.tolist(),
+        "local": loc.epochs.tolist(),
+        "moe": mix.epochs.tolist(),
+    }
+    extra: dict[str, Any] = {}
+    if cfg.moe_plus.enabled:
+        with timer.phase("moe-plus"):
+            plus = extras.run_moe_plus(
+                cfg,
+                prep,
+                fed.params,
+                ft.params,
+                personalise_config(cfg, cfg.moe_plus.lr),
+                store,
+                bar,
+            )
+        methods["moe-plus"] = plus["method"]
+        epochs_run["moe-plus"] = plus["epochs"]
+        extra["gate_plus"] = plus["gate"]
+        if "ablation" in plus:
+            extra["ablation"] = plus["ablation"]
+    if cfg.centralised.enabled:
+        with timer.phase("centralised"):
+            central = extras.run_centralised(cfg, prep, store, bar)
+        methods["centralised"] = {s: central[s] for s in ("local_test", "global_test")}
+        epochs_run["centralised"] = [central["epochs"]]
     return {
         "fedmoe_version": fedmoe.__version__,
         "config": to_dict(cfg),
@@ -446,11 +459,8 @@ def run_experiment(
             "rounds_run": len(fed.history),
             "history": [asdict(r) for r in fed.history],
         },
-        "epochs": {
-            "finetune": ft.epochs.tolist(),
-            "local": loc.epochs.tolist(),
-            "moe": mix.epochs.tolist(),
-        },
+        "epochs": epochs_run,
+        **extra,
         "timing_s": timer.seconds,
         "versions": {
             "fedmoe": fedmoe.__version__,

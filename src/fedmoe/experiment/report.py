@@ -770,6 +770,48 @@ def accuracy_table(sweep: Sweep, split: str) -> str:
     return "\n".join(lines)
 
 
+def _ablation_labels(sweep: Sweep) -> list[str]:
+    labels: list[str] = []
+    for results in sweep.runs.values():
+        labels += [label for label in results.get("ablation", {}) if label not in labels]
+    return labels
+
+
+def ablation_table(sweep: Sweep, split: str) -> str:
+    """Markdown table of the ``moe-plus`` ablation (runs with ``moe_plus.ablation``): one
+    row per gate variant, one column per cell, client-mean accuracy in percent as mean ±
+    std over seeds, the best variant of each column in bold; empty without ablations."""
+    labels = _ablation_labels(sweep)
+    if not labels:
+        return ""
+    head = ["gate variant", *(_md(c.name) for c in sweep.cells)]
+    table = [[_md(label)] for label in labels]
+    for cell in sweep.cells:
+        runs = [r.get("ablation", {}) for r in _runs(sweep, cell)]
+        stats = [Stat.of([r[v][split]["mean"] for r in runs if v in r]) for v in labels]
+        best = max((round(100 * s.mean, 1) for s in stats if s.n), default=None)
+        for row, stat in zip(table, stats, strict=True):
+            bold = stat.n and round(100 * stat.mean, 1) == best
+            row.append(f"**{_percent(stat)}**" if bold else _percent(stat))
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in table]
+    return "\n".join(lines)
+
+
+def _ablation_section(sweep: Sweep) -> str:
+    local = ablation_table(sweep, "local_test")
+    if not local:
+        return ""
+    return (
+        "## MoE+ ablation\n\n"
+        "The gate of `moe-plus` with each of its options switched in turn (first row: the "
+        "configured variant; last row: every option switched). Client-mean accuracy in "
+        "percent, mean ± std over seeds; the best variant of each column in bold.\n\n"
+        f"### On each client's local test set\n\n{local}\n\n"
+        f"### On the global test set\n\n{ablation_table(sweep, 'global_test')}\n\n"
+    )
+
+
 def _fmt(value: Any) -> str:
     return "?" if value is None else str(value)
 
@@ -873,6 +915,7 @@ def render(sweep: Sweep, found: Sequence[Plot | Skipped]) -> str:
         f"{accuracy_table(sweep, 'local')}\n\n"
         "### On the global test set\n\n"
         f"{accuracy_table(sweep, 'global')}\n\n"
+        f"{_ablation_section(sweep)}"
         "## Plots\n\n"
         f"{_plots_section(found)}"
     )

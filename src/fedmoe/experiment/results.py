@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmoe.experiment.config import dumps_toml
-from fedmoe.experiment.protocol import METHOD_LABELS, METHODS
+from fedmoe.experiment.protocol import METHOD_LABELS
 
 
 def _cell(summary: dict[str, Any]) -> str:
@@ -23,9 +23,8 @@ def results_table(results: dict[str, Any]) -> str:
         "| method | local test acc. % | global test acc. % |",
         "|---|---|---|",
     ]
-    for name in METHODS:
-        m = results["methods"][name]
-        label = METHOD_LABELS[name] + (f" ({pool} pool)" if name == "moe" else "")
+    for name, m in results["methods"].items():
+        label = METHOD_LABELS.get(name, name) + (f" ({pool} pool)" if name == "moe" else "")
         lines.append(f"| {label} | {_cell(m['local_test'])} | {_cell(m['global_test'])} |")
     return "\n".join(lines)
 

@@ -20,7 +20,7 @@ from typing import Any
 from fedmoe.errors import ConfigError
 from fedmoe.experiment import config as cfgmod
 from fedmoe.experiment import rundir
-from fedmoe.experiment.protocol import METHODS, ProgressFactory
+from fedmoe.experiment.protocol import ProgressFactory
 from fedmoe.experiment.sweep_format import ALIASES, COLUMNS
 
 
@@ -88,8 +88,9 @@ def run_sweep(
     progress: ProgressFactory | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Run every cell of the grid for ``seeds`` seeds (``base`` seed + 0, 1, ...), skip
-    finished runs, resume interrupted ones, and write ``out/sweep.csv``. Every cell's
+    """Run every cell of the grid for ``seeds`` seeds (``base`` seed + 0, 1, ...; every
+    cell for one seed before the next seed), skip finished runs, resume interrupted ones,
+    and write ``out/sweep.csv``. Every cell's
     config is validated before the first run starts."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
@@ -97,13 +98,17 @@ def run_sweep(
         raise ConfigError("each grid key may be given once")
     base_seed = cfgmod.from_dict(base).seed
     plan = []
-    for cell in itertools.product(*[[(a, v) for v in a.values] for a in axes]):
-        for i in range(seeds):
+    # Seed-major order: an interrupted sweep has covered the whole grid once before it
+    # repeats any cell with another seed. (sweep.csv lists cells in grid order.)
+    cells = list(itertools.product(*[[(a, v) for v in a.values] for a in axes]))
+    for i in range(seeds):
+        for cell in cells:
             overrides = [f"{axis.config_key}={value}" for axis, value in cell] + [
                 f"seed={base_seed + i}"
             ]
             cfg = cfgmod.from_dict(cfgmod.apply_overrides(base, overrides))
             plan.append((cell, cfg, out / "runs" / f"{cell_name(cell)}-s{cfg.seed}"))
+    table = [(c, d) for c, _, d in sorted(plan, key=lambda r: (cells.index(r[0]), r[1].seed))]
     for n, (cell, cfg, run_dir) in enumerate(plan, 1):
         label = f"[{n}/{len(plan)}] {cell_name(cell)} seed {cfg.seed}"
         if rundir.is_finished(run_dir):
@@ -111,8 +116,8 @@ def run_sweep(
             continue
         log(f"{label}: running in {run_dir}")
         rundir.run_in(run_dir, cfg, progress)
-        write_csv(out, axes, [(c, d) for c, _, d in plan])
-    return write_csv(out, axes, [(c, d) for c, _, d in plan])
+        write_csv(out, axes, table)
+    return write_csv(out, axes, table)
 
 
 def write_csv(
@@ -129,8 +134,7 @@ def write_csv(
             if not rundir.is_finished(run_dir):
                 continue
             results = json.loads((run_dir / rundir.RESULTS).read_text())
-            for method in METHODS:
-                m = results["methods"][method]
+            for method, m in results["methods"].items():
                 accs = [m[s]["mean"] for s in ("local_test", "global_test")]
                 stds = [m[s]["std"] for s in ("local_test", "global_test")]
                 writer.writerow(

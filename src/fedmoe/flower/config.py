@@ -115,7 +115,14 @@ def split_run_config(run_config: UserConfig) -> tuple[ExperimentConfig, FlowerOp
     if not isinstance(flower, dict):
         raise ConfigError("run config key 'flower' must be a table")
     options = _typed(FlowerOptions, flower, "flower.").validate()
-    return from_dict(nested), options
+    cfg = from_dict(nested)
+    for section in ("moe_plus", "centralised"):
+        if getattr(cfg, section).enabled:
+            raise ConfigError(
+                f"{section}.enabled: the Flower app runs FedAvg, Local, FT and MoE; "
+                f"run {section} in the embedded simulator (fedmoe run)"
+            )
+    return cfg, options
 
 
 def run_config(cfg: ExperimentConfig, options: FlowerOptions | None = None) -> dict[str, Any]:

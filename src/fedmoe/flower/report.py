@@ -22,7 +22,8 @@ from flwr.app import Message
 
 import fedmoe
 from fedmoe.experiment.config import ExperimentConfig, to_dict
-from fedmoe.experiment.protocol import METHODS, summarise
+from fedmoe.experiment.protocol import METHODS
+from fedmoe.experiment.summary import summarise
 from fedmoe.flower.messages import METRICS
 from fedmoe.flower.node import GATE_GROUPS, PERSONALISED, SPLITS
 from fedmoe.flower.records import number
