@@ -61,14 +61,14 @@ def test_moe_plus_with_its_ablation_and_the_centralised_bound(tmp_path: Path) ->
     }
     res = run_experiment(config.from_dict(SMALL | extra))
     assert list(res["methods"]) == [*METHODS, "moe-plus", "centralised"]
-    assert len(res["ablation"]) == 6
-    best = res["ablation"]["global features, held-out, calibrated, prior"]
+    assert len(res["ablation"]) == 7
+    best = res["ablation"]["global features, held-out, calibrated, prior, adjusted global"]
     assert best["local_test"] == res["methods"]["moe-plus"]["local_test"]
     assert best["gate"] == res["gate_plus"]
     assert all(0.0 < g < 1.0 for g in res["gate_plus"]["global_test"]["all"])
     # The centralised model is one model: one global-test accuracy for every client.
     assert len(set(res["methods"]["centralised"]["global_test"]["per_client"])) == 1
-    assert len(res["epochs"]["moe-plus"]) == 6
+    assert len(res["epochs"]["moe-plus"]) == 6  # clients
     write_results(res, tmp_path)
     table = (tmp_path / "results.md").read_text()
     assert "| MoE+ |" in table and "| Centralised |" in table

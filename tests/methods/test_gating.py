@@ -45,14 +45,14 @@ def test_log_prior_ratio_is_positive_for_frequent_and_negative_for_rare_classes(
 def test_ablations_switch_each_option_once_and_all_together() -> None:
     best = GateConfig()
     variants = best.ablations()
-    assert len(variants) == 6 and variants[best.label] == best
-    every = GateConfig("image", "train", False, False)
+    assert len(variants) == 7 and variants[best.label] == best
+    every = GateConfig("image", "train", False, False, False)
     assert every in variants.values()
     for other in variants.values():
         if other not in (best, every):
             differences = [
                 f
-                for f in ("inputs", "data", "calibrate", "prior")
+                for f in ("inputs", "data", "calibrate", "prior", "adjust")
                 if getattr(other, f) != getattr(best, f)
             ]
             assert len(differences) == 1
@@ -78,7 +78,10 @@ def test_gate_learns_which_expert_to_trust_per_input() -> None:
     gate_net = build_network("mlp", (4,), 3, gate=True, dropout=0.0)
     cfg = TrainConfig(60, 10, OptimizerConfig("adam", lr=1e-2), EarlyStopping(5, 4, 0.0))
     prior = torch.zeros(k, 3, dtype=torch.float64)
-    for options in (GateConfig(data="train"), GateConfig(data="heldout", calibrate=False)):
+    for options in (
+        GateConfig(data="train"),
+        GateConfig(data="heldout", calibrate=False, adjust=False),
+    ):
         fit = fit_gate(
             build_network("mlp", (4,), 3),
             gate_net,
@@ -105,3 +108,29 @@ def test_image_inputs_are_the_clients_rows_flattened() -> None:
     torch.testing.assert_close(image_inputs(data), x[[4, 1]].reshape(1, 2, 4))
     shared = ClientData.common(x, torch.zeros(6, dtype=torch.int64), 3)
     assert image_inputs(shared).shape == (1, 6, 4)
+
+
+def test_adjusted_global_expert_is_bayes_rule_for_the_clients_label_shift() -> None:
+    k, n = 2, 50
+    ex = _experts(k, n, 3)
+    ratio = torch.log(torch.tensor([[2.0, 0.5, 0.5], [0.2, 0.2, 2.6]], dtype=torch.float64))
+    gate_net = build_network("mlp", (4,), 3, gate=True, dropout=0.0)
+    cfg = TrainConfig(1, 10, OptimizerConfig("adam", lr=1e-9))
+    fit = fit_gate(
+        build_network("mlp", (4,), 3),
+        gate_net,
+        ex,
+        ex,
+        ratio,
+        GateConfig(calibrate=False, prior=False, adjust=True),
+        cfg,
+        torch.arange(k),
+        seed=0,
+    )
+    # Send the gate to the global expert: the mixture is then the adjusted global model.
+    fit.params["gate.fc3.bias"] = torch.full((k, 1), -60.0)
+    ev, gates = evaluate_gate(fit, ex)
+    assert float(gates.max()) < 1e-20
+    adjusted = torch.log_softmax(ex.log_pg.double() + ratio.unsqueeze(1), -1)
+    expected = -adjusted.gather(-1, ex.y.unsqueeze(-1)).squeeze(-1).mean(1)
+    torch.testing.assert_close(ev.loss, expected, rtol=1e-4, atol=1e-5)

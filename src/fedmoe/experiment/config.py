@@ -151,6 +151,7 @@ class MoePlusSection:
     data: GateDataName = "heldout"
     calibrate: bool = True
     prior: bool = True
+    adjust: bool = True
     lr: float = 1e-3
     ablation: bool = False
 

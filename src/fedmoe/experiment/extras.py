@@ -45,7 +45,7 @@ Bar = Callable[[str, int], ProgressFn]
 
 def gate_config(cfg: ExperimentConfig) -> GateConfig:
     m = cfg.moe_plus
-    return GateConfig(m.inputs, m.data, m.calibrate, m.prior)
+    return GateConfig(m.inputs, m.data, m.calibrate, m.prior, m.adjust)
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def _restore(
         state["params"],
         state["t_specialist"],
         state["t_global"],
-        prior if config.prior else torch.zeros_like(prior),
+        prior,
         state["epochs"],
         state["best_loss"],
     )

@@ -16,7 +16,11 @@ option of :class:`GateConfig`, so every one can be ablated:
 - ``prior``: the gate logit gets ``s * sum_y p_g(y|x) log(C pi(y))`` added, with
   ``pi`` the client's (smoothed) training label frequencies and ``s`` learnt per client
   (starting at 1): inputs the global expert assigns to classes the client rarely sees
-  start out leaning to the global expert.
+  start out leaning to the global expert;
+- ``adjust``: the global expert is corrected for the client's label shift,
+  ``p_g(y|x) C pi(y)`` renormalised (Bayes' rule when the federation's labels are
+  balanced and only the label distribution differs between clients), so the second
+  expert knows every class *and* the client's class frequencies.
 
 Both experts are frozen (the specialist is the client's fine-tuned model), so their
 outputs are computed once per split and the gate trains on rows
@@ -58,6 +62,7 @@ class GateConfig:
     data: GateData = "heldout"
     calibrate: bool = True
     prior: bool = True
+    adjust: bool = True
 
     @property
     def label(self) -> str:
@@ -67,6 +72,7 @@ class GateConfig:
         ]
         parts += ["calibrated"] if self.calibrate else []
         parts += ["prior"] if self.prior else []
+        parts += ["adjusted global"] if self.adjust else []
         return ", ".join(parts)
 
     def ablations(self) -> dict[str, GateConfig]:
@@ -76,12 +82,14 @@ class GateConfig:
             "data": replace(self, data="train" if self.data == "heldout" else "heldout"),
             "calibrate": replace(self, calibrate=not self.calibrate),
             "prior": replace(self, prior=not self.prior),
+            "adjust": replace(self, adjust=not self.adjust),
         }
         every = GateConfig(
             flipped["inputs"].inputs,
             flipped["data"].data,
             flipped["calibrate"].calibrate,
             flipped["prior"].prior,
+            flipped["adjust"].adjust,
         )
         return {c.label: c for c in (self, *flipped.values(), every)}
 
@@ -199,14 +207,15 @@ class GateMixture:
 @dataclass(frozen=True)
 class FittedGate:
     """A fitted ``moe-plus``: gate parameters, per-client temperatures of the specialist
-    and the global expert, the prior ratios, epochs trained and best stopping loss."""
+    and the global expert, the clients' :func:`log_prior_ratio`, epochs trained and best
+    stopping loss."""
 
     config: GateConfig
     objective: GateMixture
     params: Params
     t_specialist: torch.Tensor
     t_global: torch.Tensor
-    prior: torch.Tensor
+    ratio: torch.Tensor
     epochs: torch.Tensor
     best_loss: torch.Tensor
 
@@ -216,7 +225,12 @@ def _rows(fit: FittedGate, ex: Experts, start: int, stop: int) -> torch.Tensor:
     k = ex.num_clients
     log_ps = scaled(ex.log_ps[:, start:stop], fit.t_specialist)
     log_pg = scaled(ex.log_pg[:, start:stop], fit.t_global).expand(k, -1, -1)
-    prior = (log_pg.exp() * fit.prior.unsqueeze(1).to(log_pg.dtype)).sum(-1, keepdim=True)
+    ratio = fit.ratio.unsqueeze(1).to(log_pg.dtype)
+    prior = (log_pg.exp() * ratio).sum(-1, keepdim=True)
+    if not fit.config.prior:
+        prior = torch.zeros_like(prior)
+    if fit.config.adjust:
+        log_pg = torch.log_softmax(log_pg + ratio, -1)
     gate_in = ex.gate_in[:, start:stop].expand(k, -1, -1)
     return torch.cat([gate_in, log_ps, log_pg, prior], -1)
 
@@ -235,7 +249,7 @@ def fit_gate(
     gate_net: Network,
     train_experts: Experts,
     val_experts: Experts,
-    prior: torch.Tensor,
+    ratio: torch.Tensor,
     config: GateConfig,
     train_cfg: TrainConfig,
     clients: torch.Tensor,
@@ -244,7 +258,7 @@ def fit_gate(
 ) -> FittedGate:
     """Fit each client's gate (``gate_net``'s input shape must match ``config.inputs``).
 
-    ``prior``: :func:`log_prior_ratio` of the clients' training labels."""
+    ``ratio``: :func:`log_prior_ratio` of the clients' training labels."""
     k, device = val_experts.num_clients, val_experts.n.device
     ones = torch.ones(k, dtype=torch.float64, device=device)
     t_s, t_g = ones, ones
@@ -258,8 +272,7 @@ def fit_gate(
     if config.prior:
         params[PRIOR_SCALE] = torch.ones(k, 1, dtype=dtype, device=device)
     objective = GateMixture(gate_net, net.num_outputs)
-    prior_used = prior if config.prior else torch.zeros_like(prior)
-    fit = FittedGate(config, objective, params, t_s, t_g, prior_used, ones, ones)
+    fit = FittedGate(config, objective, params, t_s, t_g, ratio, ones, ones)
     zero = torch.zeros_like(val_experts.n)
     if config.data == "heldout":
         half = val_experts.n // 2
