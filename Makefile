@@ -26,8 +26,8 @@ run: data
 	$(VENV)/bin/fedmoe run --preset quick --out runs/quick
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
 	$(VENV)/bin/mypy
 
 test: data lint
