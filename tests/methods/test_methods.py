@@ -140,7 +140,23 @@ def test_federate_then_personalise_runs_and_moe_respects_freezing() -> None:
         net, gate_net, fed.params, ft.params, train, val, clients, pcfg, MixtureConfig(), seed=0
     )
     assert set(full.params) == set(gate_only.params)
-    for res in (loc, ft, gate_only, full):
+    staged = moe(
+        net,
+        gate_net,
+        fed.params,
+        ft.params,
+        train,
+        val,
+        clients,
+        pcfg,
+        MixtureConfig(schedule="staged"),
+        seed=0,
+    )
+    # Both stages' epochs count (at least one each); the joint stage moves the specialist.
+    assert torch.all(staged.epochs >= 2)
+    assert not torch.equal(staged.params["specialist.fc1.weight"], ft.params["fc1.weight"])
+    assert not torch.equal(staged.params["gate.fc1.weight"], full.params["gate.fc1.weight"])
+    for res in (loc, ft, gate_only, full, staged):
         ev = evaluate(res.objective, res.params, val)
         assert ev.accuracy.shape == (4,)
         assert torch.all(ev.loss <= res.best_loss + 1e-6)

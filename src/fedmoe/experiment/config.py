@@ -20,6 +20,7 @@ from fedmoe.errors import ConfigError
 Scheme = Literal["majority", "dirichlet", "iid", "shards"]
 OptName = Literal["adam", "sgd"]
 PoolName = Literal["probability", "log-linear"]
+ScheduleName = Literal["joint", "staged"]
 DType = Literal["float32", "float64"]
 GateInputsName = Literal["features", "image"]
 GateDataName = Literal["heldout", "train"]
@@ -131,6 +132,7 @@ class PersonaliseSection:
     pool: PoolName = "probability"
     train_specialist: bool = True
     gate_bias: float = 0.0
+    moe_schedule: ScheduleName = "joint"
     stopping: StoppingConfig = field(default_factory=StoppingConfig)
 
     def validate(self) -> None:

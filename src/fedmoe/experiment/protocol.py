@@ -216,7 +216,7 @@ def personalise_config(cfg: ExperimentConfig, lr: float) -> TrainConfig:
 def mixture_config(cfg: ExperimentConfig) -> MixtureConfig:
     """How the MoE personalisation mixes its experts."""
     p = cfg.personalise
-    return MixtureConfig(p.pool, p.train_specialist, p.gate_bias)
+    return MixtureConfig(p.pool, p.train_specialist, p.gate_bias, p.moe_schedule)
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from fedmoe.methods.params import unprefixed
 from fedmoe.models import Network, Params
 
 Pool = Literal["probability", "log-linear"]
+Schedule = Literal["joint", "staged"]
 
 SPECIALIST, GATE = "specialist", "gate"
 
@@ -33,11 +34,15 @@ class MixtureConfig:
     """``pool``: how the experts are combined; ``train_specialist``: train specialist and
     gate (the paper's default) or the gate alone; ``gate_bias``: added to the fresh gate's
     output bias, so the gate starts at ``g = sigmoid(gate_bias)`` on average (0 is the
-    paper's fresh gate; a positive value starts the mixture near its specialist)."""
+    paper's fresh gate; a positive value starts the mixture near its specialist);
+    ``schedule``: ``joint`` (the paper's) or ``staged`` (the gate alone first, with both
+    experts frozen, then specialist and gate jointly from there; each stage has the full
+    epoch budget and its own early stopping)."""
 
     pool: Pool = "probability"
     train_specialist: bool = True
     gate_bias: float = 0.0
+    schedule: Schedule = "joint"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 - ``local``: a fresh model per client trained on its own data.
 - ``finetune``: the final global model fine-tuned per client.
 - ``moe``: specialist initialised from the client's fine-tuned model, frozen global
-  expert, fresh gate; specialist and gate (or the gate alone) trained on the mixture.
+  expert, fresh gate; specialist and gate (or the gate alone) trained on the mixture,
+  jointly or staged (the gate alone first).
 
 All three use the engine's early stopping on each client's validation set and return
 each client's best parameters.
@@ -96,12 +97,19 @@ def moe(
     gate[out_bias] = gate[out_bias] + mixture.gate_bias
     specialist = prefixed(specialists, SPECIALIST)
     trained = prefixed(gate, GATE)
+    objective = Mixture(net, gate_net, global_params, mixture.pool)
+    keys = _keys(seed, clients, "moe/train", x.device)
+    epochs = torch.zeros(len(clients), dtype=torch.int64, device=x.device)
+    if mixture.schedule == "staged" and mixture.train_specialist:
+        first_keys = _keys(seed, clients, "moe/train-gate", x.device)
+        first = train(
+            objective, trained, train_data, cfg, first_keys, val_data, progress, specialist
+        )
+        trained, epochs = first.params, first.epochs
     fixed: Params = {}
     if mixture.train_specialist:
         trained |= specialist
     else:
         fixed = specialist
-    objective = Mixture(net, gate_net, global_params, mixture.pool)
-    keys = _keys(seed, clients, "moe/train", x.device)
     res = train(objective, trained, train_data, cfg, keys, val_data, progress, fixed)
-    return PersonalisationResult(res.params | fixed, objective, res.epochs, res.best_loss)
+    return PersonalisationResult(res.params | fixed, objective, epochs + res.epochs, res.best_loss)
