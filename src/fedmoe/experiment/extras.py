@@ -50,10 +50,21 @@ def gate_config(cfg: ExperimentConfig) -> GateConfig:
 
 @dataclass(frozen=True)
 class _Splits:
+    """Both experts' cached outputs on the train, validation, local-test and global-test
+    splits, in that order."""
+
     train: Experts
     val: Experts
     test: Experts
     global_test: Experts
+
+    def with_images(self, prep: Prepared) -> _Splits:
+        """The same outputs with the raw inputs as the gate's inputs."""
+        data = (prep.train, prep.val, prep.test, prep.global_test)
+        ours = (self.train, self.val, self.test, self.global_test)
+        return _Splits(
+            *(replace(ex, gate_in=image_inputs(d)) for ex, d in zip(ours, data, strict=True))
+        )
 
 
 def _gate_net(cfg: ExperimentConfig, prep: Prepared, config: GateConfig) -> Network:
@@ -81,17 +92,8 @@ def run_moe_plus(
     features = _Splits(*(cache_experts(prep.net, specialists, global_params, d) for d in data))
     cached = {"features": features}
     if any(c.inputs == "image" for c in variants.values()):
-        images = (
-            replace(ex, gate_in=image_inputs(d))
-            for ex, d in zip(
-                (features.train, features.val, features.test, features.global_test),
-                data,
-                strict=True,
-            )
-        )
-        cached["image"] = _Splits(*images)
+        cached["image"] = features.with_images(prep)
     prior = log_prior_ratio(prep.train, prep.dataset.num_classes)
-    base = train_cfg
     clients = torch.arange(prep.partition.num_clients)
     majority = majority_mask(prep.partition, prep.dataset.num_classes, prep.train.x.device)
     saved = store.load("moe-plus") or {}
@@ -109,10 +111,10 @@ def run_moe_plus(
                 splits.val,
                 prior,
                 config,
-                base,
+                train_cfg,
                 clients,
                 cfg.seed,
-                bar(f"MoE+ ({label}) epochs", base.epochs),
+                bar(f"MoE+ ({label}) epochs", train_cfg.epochs),
             )
             saved[label] = _state(fit)
             store.save("moe-plus", saved)
