@@ -137,11 +137,14 @@ class Network:
         ``1 / (1 - dropout)``. Returns ``(K, B, num_outputs)`` log-probabilities, or
         ``(K, B)`` gate logits.
         """
-        h = self.features(params, x, dropout_mask)
+        return self.head(params, self.features(params, x, dropout_mask))
+
+    def head(self, params: Params, features: torch.Tensor) -> torch.Tensor:
+        """The last layer and the output on :meth:`features`: ``forward`` is
+        ``head(params, features(params, x))``."""
         d = self.denses[-1]
-        h = torch.baddbmm(
-            params[f"{d.name}.bias"].unsqueeze(1), h, params[f"{d.name}.weight"].transpose(1, 2)
-        )
+        w, bias = params[f"{d.name}.weight"], params[f"{d.name}.bias"]
+        h = torch.baddbmm(bias.unsqueeze(1), features, w.transpose(1, 2))
         if self.output == "logit":
             return h.squeeze(-1)
         return F.log_softmax(h, dim=-1)

@@ -130,8 +130,9 @@ def cache_experts(
         log_ps = net.forward(specialists, x)
         # One global model for every client: its inputs form one batch.
         flat = x.reshape(1, -1, *x.shape[2:])
-        feats = net.features(global_params, flat).reshape(*x.shape[:2], -1)
-        log_pg = net.forward(global_params, flat).reshape(*x.shape[:2], -1)
+        flat_feats = net.features(global_params, flat)
+        feats = flat_feats.reshape(*x.shape[:2], -1)
+        log_pg = net.head(global_params, flat_feats).reshape(*x.shape[:2], -1)
         parts.append((feats, log_ps, log_pg, y[:1] if data.shared else y))
     gate_in, log_ps, log_pg, y = (torch.cat(t, 1) for t in zip(*parts, strict=True))
     return Experts(gate_in, log_ps, log_pg, y, data.n)
