@@ -30,6 +30,29 @@ def nll(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
 
 
+@dataclass
+class Tally:
+    """Running per-client NLL and correct counts over evaluation batches."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+
+    @staticmethod
+    def zeros(k: int, device: torch.device) -> Tally:
+        z = torch.zeros(k, dtype=torch.float64, device=device)
+        return Tally(z, z.clone())
+
+    def add(self, log_probs: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> None:
+        """Count a batch: log-probs ``(K, B, C)``, labels and validity ``(K, B)``."""
+        self.loss += torch.where(valid, nll(log_probs, y), 0.0).sum(1, dtype=torch.float64)
+        self.correct += ((log_probs.argmax(-1) == y) & valid).sum(1, dtype=torch.float64)
+
+    def result(self, n: torch.Tensor) -> Evaluation:
+        """Means over ``n`` examples per client."""
+        count = n.to(torch.float64)
+        return Evaluation(self.loss / count, self.correct / count, n)
+
+
 def batches(
     data: ClientData, max_examples: int = EVAL_EXAMPLES
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -49,9 +72,8 @@ def evaluate(
 ) -> Evaluation:
     """Evaluate K models (``params`` stacked on axis 0) on the K clients of ``data``, or
     one model (client axis of length 1) on all of them."""
-    k, device = data.num_clients, data.index.device
-    loss = torch.zeros(k, dtype=torch.float64, device=device)
-    correct = torch.zeros(k, dtype=torch.float64, device=device)
+    k = data.num_clients
+    tally = Tally.zeros(k, data.index.device)
     single = next(iter(params.values())).shape[0] == 1
     for x, y, valid in batches(data, max_examples):
         if single and x.shape[0] > 1:
@@ -60,7 +82,5 @@ def evaluate(
             log_probs = flat.reshape(*x.shape[:2], -1)
         else:
             log_probs = objective.log_probs(params, x, None).expand(k, -1, -1)
-        loss += torch.where(valid, nll(log_probs, y), 0.0).sum(1, dtype=torch.float64)
-        correct += ((log_probs.argmax(-1) == y) & valid).sum(1, dtype=torch.float64)
-    n = data.n.to(torch.float64)
-    return Evaluation(loss / n, correct / n, data.n)
+        tally.add(log_probs, y, valid)
+    return tally.result(data.n)

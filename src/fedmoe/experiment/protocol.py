@@ -39,7 +39,7 @@ from fedmoe.engine import (
     TrainConfig,
     evaluate,
 )
-from fedmoe.engine.evaluate import batches
+from fedmoe.engine.evaluate import Evaluation, Tally, batches
 from fedmoe.engine.train import ProgressFn
 from fedmoe.errors import ConfigError
 from fedmoe.experiment import extras
@@ -58,7 +58,7 @@ from fedmoe.methods import (
     moe,
 )
 from fedmoe.methods.fedavg import RoundRecord
-from fedmoe.methods.mixture import Mixture
+from fedmoe.methods.mixture import Mixture, combine
 from fedmoe.models import Network, Params, build_network, default_architecture
 
 #: The paper's methods, run in every experiment; ``moe-plus`` and ``centralised`` are
@@ -220,14 +220,21 @@ def mixture_config(cfg: ExperimentConfig) -> MixtureConfig:
 
 
 @torch.no_grad()
-def gate_statistics(
+def evaluate_mixture(
     mixture: Mixture, params: Params, data: ClientData, majority: torch.Tensor
-) -> dict[str, Any]:
-    """Mean gate weight on the specialist per client: overall, on samples of the client's
-    majority classes (``majority``: bool ``(K, C)``) and on its other samples."""
-    parts = [(mixture.gate_values(params, x), y, valid) for x, y, valid in batches(data)]
+) -> tuple[Evaluation, dict[str, Any]]:
+    """The mixture's evaluation (as :func:`~fedmoe.engine.evaluate`) and, from the same
+    forward passes, its mean gate weight on the specialist per client: overall, on
+    samples of the client's majority classes (``majority``: bool ``(K, C)``) and on its
+    other samples."""
+    tally = Tally.zeros(data.num_clients, data.index.device)
+    parts = []
+    for x, y, valid in batches(data):
+        log_ps, log_pg, logit = mixture.parts(params, x, None)
+        tally.add(combine(log_ps, log_pg, logit, mixture.pool), y, valid)
+        parts.append((torch.sigmoid(logit), y, valid))
     g, y, valid = (torch.cat(t, 1) for t in zip(*parts, strict=True))
-    return gate_summary(g, y, valid, majority)
+    return tally.result(data.n), gate_summary(g, y, valid, majority)
 
 
 class _Timer:
@@ -393,9 +400,9 @@ def run_experiment(
         "fedavg": (Classifier(net), fed.params),
         "local": (loc.objective, loc.params),
         "finetune": (ft.objective, ft.params),
-        "moe": (mix.objective, mix.params),
     }
     methods: dict[str, Any] = {}
+    gate: dict[str, Any] = {}
     with timer.phase("evaluate"):
         for name, (objective, params) in models.items():
             methods[name] = {
@@ -404,10 +411,10 @@ def run_experiment(
             }
         majority = majority_mask(part, prep.dataset.num_classes, device)
         assert isinstance(mix.objective, Mixture)
-        gate = {
-            "local_test": gate_statistics(mix.objective, mix.params, prep.test, majority),
-            "global_test": gate_statistics(mix.objective, mix.params, prep.global_test, majority),
-        }
+        methods["moe"] = {}
+        for split, data in (("local_test", prep.test), ("global_test", prep.global_test)):
+            ev, gate[split] = evaluate_mixture(mix.objective, mix.params, data, majority)
+            methods["moe"][split] = summarise(ev.accuracy)
     epochs_run = {
         "finetune": ft.epochs.tolist(),
         "local": loc.epochs.tolist(),

@@ -17,8 +17,8 @@ from fedmoe import rng
 from fedmoe.engine import Classifier, Objective, evaluate, train
 from fedmoe.experiment.config import ExperimentConfig
 from fedmoe.experiment.protocol import (
+    evaluate_mixture,
     fedavg_config,
-    gate_statistics,
     mixture_config,
     personalise_config,
 )
@@ -130,7 +130,6 @@ def evaluate_models(
         "fedavg": (Classifier(net), global_params),
         "local": (Classifier(net), models.local),
         "finetune": (Classifier(net), models.finetune),
-        "moe": (mixture, models.moe),
     }
     device = data.test.x.device
     majority = torch.zeros(1, data.num_classes, dtype=torch.bool, device=device)
@@ -140,7 +139,8 @@ def evaluate_models(
         split_data = data.test if split == "local_test" else data.global_test
         for name, (objective, params) in objectives.items():
             metrics[f"{name}.{split}"] = float(evaluate(objective, params, split_data).accuracy[0])
-        gate = gate_statistics(mixture, models.moe, split_data, majority)
+        ev, gate = evaluate_mixture(mixture, models.moe, split_data, majority)
+        metrics[f"moe.{split}"] = float(ev.accuracy[0])
         for group in GATE_GROUPS:
             value = gate[group][0]
             metrics[f"gate.{split}.{group}"] = math.nan if value is None else float(value)

@@ -38,7 +38,7 @@ import torch
 
 from fedmoe import rng
 from fedmoe.engine import ClientData, Dropout, TrainConfig, train
-from fedmoe.engine.evaluate import Evaluation, batches, nll
+from fedmoe.engine.evaluate import Evaluation, Tally, batches, nll
 from fedmoe.engine.train import ProgressFn
 from fedmoe.methods.mixture import GATE, combine
 from fedmoe.methods.params import prefixed, unprefixed
@@ -299,16 +299,12 @@ def evaluate_gate(fit: FittedGate, ex: Experts) -> tuple[Evaluation, torch.Tenso
     """The mixture's per-client evaluation on ``ex`` and its gate values ``g`` ``(K, N)``
     (the weight on the specialist; meaningful where :meth:`Experts.valid`)."""
     k = ex.num_clients
-    loss = torch.zeros(k, dtype=torch.float64, device=ex.n.device)
-    correct = torch.zeros_like(loss)
+    tally = Tally.zeros(k, ex.n.device)
     gates = []
     valid = ex.valid()
     for start, stop in _chunks(ex):
         rows = _rows(fit, ex, start, stop)
         log_probs = fit.objective.log_probs(fit.params, rows, None)
         gates.append(torch.sigmoid(fit.objective.logits(fit.params, rows, None)))
-        y, ok = ex.y[:, start:stop].expand(k, -1), valid[:, start:stop]
-        loss += torch.where(ok, nll(log_probs, y), 0.0).sum(1, dtype=torch.float64)
-        correct += ((log_probs.argmax(-1) == y) & ok).sum(1, dtype=torch.float64)
-    n = ex.n.to(torch.float64)
-    return Evaluation(loss / n, correct / n, ex.n), torch.cat(gates, 1)
+        tally.add(log_probs, ex.y[:, start:stop].expand(k, -1), valid[:, start:stop])
+    return tally.result(ex.n), torch.cat(gates, 1)

@@ -75,12 +75,6 @@ class Mixture:
         log_ps, log_pg, logit = self.parts(params, x, dropout)
         return combine(log_ps, log_pg, logit, self.pool)
 
-    @torch.no_grad()
-    def gate_values(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """``g(x)`` in (0, 1), the weight on the specialist: ``(K, B)``."""
-        gate = unprefixed(params, GATE)
-        return torch.sigmoid(self.gate.forward(gate, x, None))
-
 
 def combine(
     log_ps: torch.Tensor, log_pg: torch.Tensor, logit: torch.Tensor, pool: Pool
