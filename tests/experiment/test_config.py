@@ -32,6 +32,14 @@ from fedmoe.experiment.presets import PRESETS, preset
         ({"personalise": {"epochs": 1.5}}, "personalise.epochs must be of type int"),
         ({"device": "tpu"}, "device must be"),
         ({"dropout": 1.0}, "dropout"),
+        ({"moe_plus": {"inputs": "pixels"}}, "moe_plus.inputs must be one of"),
+        ({"moe_plus": {"lr": 0}}, "moe_plus.lr must be positive"),
+        (
+            {"moe_plus": {"enabled": True}, "partition": {"val": 1}},
+            r"needs partition.val >= 2",
+        ),
+        ({"personalise": {"moe_schedule": "both"}}, "personalise.moe_schedule must be one of"),
+        ({"centralised": {"batch_size": 0}}, "centralised.batch_size must be at least 1"),
     ],
 )
 def test_bad_values_are_one_line_errors(data: dict[str, Any], message: str) -> None:

@@ -221,6 +221,11 @@ class ExperimentConfig:
         self.personalise.validate()
         self.moe_plus.validate()
         self.centralised.validate()
+        _check(
+            not self.moe_plus.enabled or self.moe_plus.data == "train" or self.partition.val >= 2,
+            "moe_plus.data = 'heldout' splits each client's validation set in two (gate fit, "
+            f"early stopping) and needs partition.val >= 2, got {self.partition.val}",
+        )
         return self
 
 
