@@ -384,3 +384,24 @@ def test_ablation_table_lists_each_gate_variant_per_cell(tmp_path: Path) -> None
     )
     assert "## MoE+ ablation" in write_report(root).read_text()
     assert ablation_table(read_sweep(make_sweep(tmp_path / "t", {"p": ["0.5"]}, [0])), "x") == ""
+
+
+def test_setup_lists_config_keys_that_differ_with_missing_keys_at_their_default(
+    tmp_path: Path,
+) -> None:
+    root = make_sweep(tmp_path / "s", {"p": ["0.5", "1.0"]}, [0])
+    runs = sorted((root / "runs").iterdir())
+
+    def edit(run: Path, section: str, values: dict[str, Any]) -> None:
+        results = json.loads((run / "results.json").read_text())
+        results["config"][section] = values
+        (run / "results.json").write_text(json.dumps(results))
+
+    # Written by an older fedmoe without the section vs the section at its defaults.
+    edit(runs[0], "moe_plus", {"enabled": False})
+    setup = [line for line in write_report(root).read_text().splitlines() if "differ" in line]
+    assert setup == [
+        "- Config entries that differ between runs besides the grid and the seed: none"
+    ]
+    edit(runs[1], "moe_plus", {"enabled": True})
+    assert "`moe_plus.enabled`" in write_report(root).read_text()

@@ -31,6 +31,7 @@ from typing import Any
 
 from fedmoe.errors import FedmoeError
 from fedmoe.experiment import plots
+from fedmoe.experiment.config import ExperimentConfig, to_dict
 from fedmoe.experiment.plots import BarPanel, BoxPanel, Curve, ScatterPoint, method_label
 from fedmoe.experiment.sweep_format import ALIASES, COLUMNS
 
@@ -867,7 +868,10 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _differing(sweep: Sweep, ignore: set[str]) -> list[str]:
-    flats = [_flatten(r.get("config", {})) for r in sweep.runs.values()]
+    """Config keys whose value differs between runs; a key missing from a run's config
+    (written by a fedmoe that predates it) counts as its default."""
+    defaults = _flatten(to_dict(ExperimentConfig()))
+    flats = [defaults | _flatten(r.get("config", {})) for r in sweep.runs.values()]
     keys = sorted({k for f in flats for k in f} - ignore)
     return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
 

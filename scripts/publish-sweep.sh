@@ -1,0 +1,17 @@
+#!/bin/sh
+# Copy a sweep's finished runs (no checkpoints) into DEST and write its report there.
+#   scripts/publish-sweep.sh runs/paper-sweep docs/results/fashion-mnist/paper
+set -eu
+[ $# -eq 2 ] || { echo "usage: $0 SWEEP_DIR DEST_DIR" >&2; exit 2; }
+src=$1 dest=$2
+[ -f "$src/sweep.csv" ] || { echo "$0: $src/sweep.csv not found (no finished run yet?)" >&2; exit 1; }
+rm -rf "$dest"
+mkdir -p "$dest/runs"
+cp "$src/sweep.csv" "$dest/"
+for run in "$src"/runs/*/; do
+    [ -f "$run/results.json" ] || continue
+    name=$(basename "$run")
+    mkdir -p "$dest/runs/$name"
+    cp "$run"/results.json "$run"/results.md "$run"/rounds.csv "$run"/config.toml "$dest/runs/$name/"
+done
+"${FEDMOE:-fedmoe}" report "$dest"
