@@ -405,3 +405,22 @@ def test_setup_lists_config_keys_that_differ_with_missing_keys_at_their_default(
     ]
     edit(runs[1], "moe_plus", {"enabled": True})
     assert "`moe_plus.enabled`" in write_report(root).read_text()
+
+
+def test_moe_plus_gets_its_own_gate_plot(tmp_path: Path) -> None:
+    root = make_sweep(tmp_path / "s", {"p": ["0.5", "0.8"]}, [0, 1])
+    with (root / "sweep.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    method = rows[0].index("method")
+    rows += [[*r[:method], "moe-plus", *r[method + 1 :]] for r in rows[1:] if r[method] == "moe"]
+    with (root / "sweep.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    for run in (root / "runs").iterdir():
+        results = json.loads((run / "results.json").read_text())
+        results["methods"]["moe-plus"] = results["methods"]["moe"]
+        results["gate_plus"] = {"local_test": {"majority": [0.9], "other": [0.2]}}
+        (run / "results.json").write_text(json.dumps(results))
+    text = write_report(root).read_text()
+    assert "### MoE+ gate weight on the specialist" in text
+    assert (root / "plots" / "gate_plus.png").read_bytes().startswith(PNG)
+    assert gate_means(json.loads((run / "results.json").read_text()), "gate_plus") == (0.9, 0.2)

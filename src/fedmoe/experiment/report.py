@@ -395,13 +395,13 @@ def _runs(sweep: Sweep, cell: Cell) -> list[dict[str, Any]]:
     return [sweep.runs[by_seed[s]] for s in sorted(by_seed)]
 
 
-def gate_means(results: dict[str, Any]) -> tuple[float, float] | None:
+def gate_means(results: dict[str, Any], key: str = "gate") -> tuple[float, float] | None:
     """The gate's mean weight on the specialist over clients, on their majority-class
     and on their other local-test samples (NaN where no client has any); ``None`` when
-    the run has no gate statistics."""
+    the run has no gate statistics. ``key``: ``gate`` (MoE) or ``gate_plus`` (MoE+)."""
     means = []
     for group in ("majority", "other"):
-        values = _lookup(results, f"gate.local_test.{group}")
+        values = _lookup(results, f"{key}.local_test.{group}")
         if not isinstance(values, list):
             return None
         present = [float(v) for v in values if _is_number(v)]
@@ -671,34 +671,51 @@ def _pooled(sweep: Sweep, cell: Cell, method: str) -> list[float]:
     ]
 
 
+#: (method, results.json key, display name, file stem) of each mixture's gate plot.
+_GATES = (("moe", "gate", "MoE", "gate"), ("moe-plus", "gate_plus", "MoE+", "gate_plus"))
+
+
 def _gate_plots(sweep: Sweep, out: Path) -> list[Plot | Skipped]:
-    heading = "Gate weight on the specialist"
-    if "moe" not in sweep.methods:
-        return [Skipped(heading, "the sweep has no MoE rows")]
-    missing = [r.run for c in sweep.cells for r in c.rows if gate_means(sweep.runs[r.run]) is None]
+    found: list[Plot | Skipped] = []
+    for method, key, name, stem in _GATES:
+        if method == "moe" or method in sweep.methods:
+            found += _gate_plots_for(sweep, out, method, key, name, stem)
+    return found
+
+
+def _gate_plots_for(
+    sweep: Sweep, out: Path, method: str, key: str, name: str, stem: str
+) -> list[Plot | Skipped]:
+    heading = f"{name} gate weight on the specialist"
+    if method not in sweep.methods:
+        return [Skipped(heading, f"the sweep has no {name} rows")]
+    missing = [
+        r.run for c in sweep.cells for r in c.rows if gate_means(sweep.runs[r.run], key) is None
+    ]
     if missing:
         return [
             Skipped(
                 heading,
-                f"run `{missing[0]}` has no gate statistics (`gate.local_test.majority` / `other`)",
+                f"run `{missing[0]}` has no gate statistics (`{key}.local_test.majority` / "
+                "`other`)",
             )
         ]
     lay = layout(sweep)
     chunks = _chunks(_panels(sweep, lay), _PER_FIGURE)
     found: list[Plot | Skipped] = []
     for index, chunk in enumerate(chunks):
-        panels = [_gate_panel(sweep, title, cells, lay.primary) for title, cells in chunk]
-        file = _file("gate", index, len(chunks))
+        panels = [_gate_panel(sweep, title, cells, lay.primary, key) for title, cells in chunk]
+        file = _file(stem, index, len(chunks))
         xlabel = _axis_name(lay.primary) if lay.primary else "cell"
         plots.plot_bars(
             out / file,
-            "MoE gate: mean weight on the specialist (local test)",
+            f"{name} gate: mean weight on the specialist (local test)",
             xlabel,
             "mean gate weight g(x)",
             panels,
         )
         caption = (
-            "The MoE gate's mean weight g(x) on the specialist over each client's "
+            f"The {name} gate's mean weight g(x) on the specialist over each client's "
             "local-test samples of its majority classes and over its other samples, "
             "averaged over clients (those with such samples) and then over seeds; bars "
             "show the standard deviation over seeds; `none`: no client has such samples."
@@ -707,10 +724,12 @@ def _gate_plots(sweep: Sweep, out: Path) -> list[Plot | Skipped]:
     return found
 
 
-def _gate_panel(sweep: Sweep, title: str, cells: Sequence[Cell], key: str | None) -> BarPanel:
+def _gate_panel(
+    sweep: Sweep, title: str, cells: Sequence[Cell], key: str | None, gate: str
+) -> BarPanel:
     majority, other = [], []
     for cell in cells:
-        means = [gate_means(r) for r in _runs(sweep, cell)]
+        means = [gate_means(r, gate) for r in _runs(sweep, cell)]
         pairs = [m for m in means if m is not None]
         majority.append(_stat_finite([m[0] for m in pairs]))
         other.append(_stat_finite([m[1] for m in pairs]))
