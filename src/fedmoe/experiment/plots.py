@@ -23,6 +23,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from fedmoe.errors import FedmoeError
+from fedmoe.experiment.sweep_format import METHOD_LABELS
 
 __all__ = [
     "LINESTYLES",
@@ -37,16 +38,6 @@ __all__ = [
     "plot_local_vs_global",
 ]
 
-#: Display names of the paper's methods (the same as ``protocol.METHOD_LABELS``, kept here
-#: so that reporting does not import torch).
-METHOD_LABELS = {
-    "fedavg": "FedAvg",
-    "local": "Local",
-    "finetune": "FT",
-    "moe": "MoE",
-    "moe-plus": "MoE+",
-    "centralised": "Centralised",
-}
 _METHOD_STYLES = {
     "fedavg": ("tab:blue", "s"),
     "local": ("tab:orange", "^"),

@@ -46,6 +46,7 @@ from fedmoe.experiment import extras
 from fedmoe.experiment.checkpoint import Checkpoints
 from fedmoe.experiment.config import ExperimentConfig, PartitionConfig, StoppingConfig, to_dict
 from fedmoe.experiment.summary import gate_summary, majority_mask, summarise
+from fedmoe.experiment.sweep_format import METHOD_LABELS as METHOD_LABELS
 from fedmoe.methods import (
     FedAvgConfig,
     FedAvgResult,
@@ -64,14 +65,6 @@ from fedmoe.models import Network, Params, build_network, default_architecture
 #: The paper's methods, run in every experiment; ``moe-plus`` and ``centralised`` are
 #: added when the config enables them.
 METHODS = ("fedavg", "local", "finetune", "moe")
-METHOD_LABELS = {
-    "fedavg": "FedAvg",
-    "local": "Local",
-    "finetune": "FT",
-    "moe": "MoE",
-    "moe-plus": "MoE+",
-    "centralised": "Centralised",
-}
 
 #: ``progress(description, total)`` returns the callback a phase reports to.
 ProgressFactory = Callable[[str, int], ProgressFn]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmoe.experiment.config import dumps_toml
-from fedmoe.experiment.protocol import METHOD_LABELS
+from fedmoe.experiment.sweep_format import METHOD_LABELS
 
 
 def _cell(summary: dict[str, Any]) -> str:
