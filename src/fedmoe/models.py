@@ -64,8 +64,8 @@ class Network:
     function as ReLU then pooling, since ReLU is monotonic); then the
     features are flattened and passed through ``denses`` with ReLU between them, and
     dropout after the first dense layer (the paper's placement). The last dense layer has
-    ``num_outputs`` units; ``output`` says whether they become log-probabilities or a
-    single gate logit.
+    ``num_outputs`` units; ``output`` says whether they become log-probabilities or gate
+    logits.
     """
 
     name: str
@@ -135,7 +135,7 @@ class Network:
         batch to every model (K is the parameters' leading size). ``dropout_mask``:
         ``None`` (eval mode) or ``(K, B, dropout_features)`` holding 0 or
         ``1 / (1 - dropout)``. Returns ``(K, B, num_outputs)`` log-probabilities, or
-        ``(K, B)`` gate logits.
+        gate logits: ``(K, B)`` for a one-output gate, else ``(K, B, num_outputs)``.
         """
         return self.head(params, self.features(params, x, dropout_mask))
 
@@ -146,7 +146,7 @@ class Network:
         w, bias = params[f"{d.name}.weight"], params[f"{d.name}.bias"]
         h = torch.baddbmm(bias.unsqueeze(1), features, w.transpose(1, 2))
         if self.output == "logit":
-            return h.squeeze(-1)
+            return h.squeeze(-1) if h.shape[-1] == 1 else h
         return F.log_softmax(h, dim=-1)
 
     @property
@@ -280,8 +280,10 @@ def build_network(
     *,
     gate: bool = False,
     dropout: float = 0.5,
+    gate_outputs: int = 1,
 ) -> Network:
-    """Build a classifier (``gate=False``) or a gate (same trunk, one logit output).
+    """Build a classifier (``gate=False``) or a gate (same trunk, ``gate_outputs``
+    logits; one by default).
 
     ``fmnist-cnn``: the paper's Fashion-MNIST CNN, conv(C->6,5) pool, conv(6->12,5) pool,
     fc 192->84, dropout, fc 84->42, fc 42->classes. ``cifar-cnn``: conv(C->6,5) pool,
@@ -293,7 +295,9 @@ def build_network(
         raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
-    outputs = 1 if gate else num_classes
+    if gate_outputs < 1:
+        raise ConfigError(f"a gate needs at least 1 output, got {gate_outputs}")
+    outputs = gate_outputs if gate else num_classes
     out: Output = "logit" if gate else "log_softmax"
     name = f"{arch}-gate" if gate else arch
     if arch == "fmnist-cnn":

@@ -40,6 +40,11 @@ from fedmoe.experiment.presets import PRESETS, preset
         ),
         ({"personalise": {"moe_schedule": "both"}}, "personalise.moe_schedule must be one of"),
         ({"centralised": {"batch_size": 0}}, "centralised.batch_size must be at least 1"),
+        ({"clustered": {"models": 1}}, "clustered.models must be at least 2"),
+        (
+            {"clustered": {"enabled": True}, "partition": {"val": 1}},
+            r"needs partition.val >= 2",
+        ),
     ],
 )
 def test_bad_values_are_one_line_errors(data: dict[str, Any], message: str) -> None:

@@ -54,13 +54,14 @@ def test_small_run_is_complete_deterministic_and_respects_opt_out(tmp_path: Path
 
 
 @needs_fashion_mnist
-def test_moe_plus_with_its_ablation_and_the_centralised_bound(tmp_path: Path) -> None:
+def test_moe_plus_with_its_ablation_clusters_and_the_centralised_bound(tmp_path: Path) -> None:
     extra = {
         "moe_plus": {"enabled": True, "ablation": True},
         "centralised": {"enabled": True, "epochs": 3},
+        "clustered": {"enabled": True, "models": 2},
     }
     res = run_experiment(config.from_dict(SMALL | extra))
-    assert list(res["methods"]) == [*METHODS, "moe-plus", "centralised"]
+    assert list(res["methods"]) == [*METHODS, "moe-plus", "ifca", "moe-ifca", "centralised"]
     assert len(res["ablation"]) == 7
     best = res["ablation"]["global features, held-out, calibrated, prior, adjusted global"]
     assert best["local_test"] == res["methods"]["moe-plus"]["local_test"]
@@ -69,9 +70,15 @@ def test_moe_plus_with_its_ablation_and_the_centralised_bound(tmp_path: Path) ->
     # The centralised model is one model: one global-test accuracy for every client.
     assert len(set(res["methods"]["centralised"]["global_test"]["per_client"])) == 1
     assert len(res["epochs"]["moe-plus"]) == 6  # clients
+    # IFCA: every client evaluated with the one of 2 models it chose on validation.
+    clustered = res["clustered"]
+    assert sum(clustered["clients_per_model"]) == 6
+    assert set(clustered["model_of_client"]) <= {0, 1}
+    assert len(res["epochs"]["moe-ifca"]) == 6
+    assert all(0.0 <= g <= 1.0 for g in res["gate_ifca"]["local_test"]["all"])
     write_results(res, tmp_path)
     table = (tmp_path / "results.md").read_text()
-    assert "| MoE+ |" in table and "| Centralised |" in table
+    assert "| MoE+ |" in table and "| Centralised |" in table and "| MoE+ IFCA |" in table
 
 
 @needs_fashion_mnist

@@ -35,6 +35,7 @@ TINY: dict[str, Any] = {
     },
     "moe_plus": {"enabled": True, "ablation": True},
     "centralised": {"enabled": True, "epochs": 3},
+    "clustered": {"enabled": True, "models": 2},
 }
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -74,10 +75,12 @@ def test_kill_and_resume_gives_identical_results(tmp_path: Path) -> None:
 
     checkpoints = broken / "checkpoints"
     # Mid-federation, after the federated phase and after each personalisation stage
-    # (moe-plus.pt first appears after the first of its ablation variants): kill -9, resume.
+    # (moe-plus.pt first appears after the first of its ablation variants) and in the
+    # clustered federation: kill -9, resume.
     proc = _fedmoe("--config", str(cfg_file), "--out", str(broken))
     _kill_when(proc, checkpoints / "federate-progress.pt")
-    for marker in ("federate.pt", "finetune.pt", "local.pt", "moe.pt", "moe-plus.pt"):
+    stages = ("federate", "finetune", "local", "moe", "moe-plus", "clustered-progress")
+    for marker in (f"{stage}.pt" for stage in (*stages, "clustered", "moe-ifca")):
         assert not (broken / "results.json").exists()
         _kill_when(_fedmoe("--resume", str(broken)), checkpoints / marker)
     final = _fedmoe("--resume", str(broken))

@@ -14,7 +14,7 @@ from .test_resume import FASHION
 from .test_resume import TINY as TINY_WITH_EXTRAS
 
 #: The paper's four methods only (the resume test also runs moe-plus and centralised).
-TINY = {k: v for k, v in TINY_WITH_EXTRAS.items() if k not in ("moe_plus", "centralised")}
+TINY = {k: v for k, v in TINY_WITH_EXTRAS.items() if k not in ("moe_plus", "centralised", "clustered")}
 
 
 def test_grid_parsing_and_ranges() -> None:

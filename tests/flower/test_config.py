@@ -77,6 +77,8 @@ def test_bad_run_config_values_give_one_line_errors() -> None:
         split_run_config(flat | {"flower.min-nodes": 2.5})
     with pytest.raises(ConfigError, match=r"moe_plus\.enabled: the Flower app runs"):
         split_run_config(flat | {"moe_plus.enabled": True})
+    with pytest.raises(ConfigError, match=r"clustered\.enabled: the Flower app runs"):
+        split_run_config(flat | {"clustered.enabled": True})
 
 
 def test_node_config() -> None:

@@ -8,8 +8,10 @@ import torch
 from fedmoe.engine import ClientData, EarlyStopping, OptimizerConfig, TrainConfig
 from fedmoe.methods.gating import (
     PRIOR_SCALE,
+    GateMixture,
     Experts,
     GateConfig,
+    cache_experts,
     evaluate_gate,
     fit_gate,
     fit_temperature,
@@ -134,3 +136,75 @@ def test_adjusted_global_expert_is_bayes_rule_for_the_clients_label_shift() -> N
     adjusted = torch.log_softmax(ex.log_pg.double() + ratio.unsqueeze(1), -1)
     expected = -adjusted.gather(-1, ex.y.unsqueeze(-1)).squeeze(-1).mean(1)
     torch.testing.assert_close(ev.loss, expected, rtol=1e-4, atol=1e-5)
+
+
+def _three_domains(k: int, n: int, seed: int) -> Experts:
+    """Three domains (one-hot in features 0-2): the specialist is right on the first,
+    the global expert on the second, the one cluster model on the third; each is
+    confidently wrong elsewhere."""
+    g = torch.Generator().manual_seed(seed)
+    domain = torch.randint(0, 3, (k, n), generator=g)
+    y = torch.randint(0, 3, (k, n), generator=g)
+    feats = torch.randn(k, n, 4, generator=g) * 0.1
+    feats[..., :3] += 3.0 * torch.nn.functional.one_hot(domain, 3).float()
+    right = torch.nn.functional.one_hot(y, 3).float()
+    wrong = torch.nn.functional.one_hot((y + 1) % 3, 3).float()
+
+    def expert(d: int) -> torch.Tensor:
+        return torch.log_softmax(4.0 * torch.where((domain == d).unsqueeze(-1), right, wrong), -1)
+
+    log_pc = expert(2).unsqueeze(2)
+    return Experts(feats, expert(0), expert(1), y, torch.full((k,), n), log_pc)
+
+
+def test_gate_over_cluster_models_routes_each_domain_to_its_expert() -> None:
+    k = 2
+    gate_net = build_network("mlp", (4,), 3, gate=True, dropout=0.0, gate_outputs=2)
+    cfg = TrainConfig(80, 10, OptimizerConfig("adam", lr=1e-2), EarlyStopping(5, 4, 0.0))
+    fit = fit_gate(
+        build_network("mlp", (4,), 3),
+        gate_net,
+        _three_domains(k, 90, 0),
+        _three_domains(k, 120, 1),
+        torch.zeros(k, 3, dtype=torch.float64),
+        GateConfig(data="train", calibrate=True, prior=True, adjust=False),
+        cfg,
+        torch.arange(k),
+        seed=0,
+    )
+    assert fit.t_clusters is not None and fit.t_clusters.shape == (k, 1)
+    test = _three_domains(k, 300, 2)
+    ev, gates = evaluate_gate(fit, test)
+    # Each expert alone is right on a third of the inputs; the mixture on nearly all.
+    assert float(ev.accuracy.min()) > 0.95
+    first = test.gate_in[..., 0] > 1.5
+    assert float(gates[first].mean()) > 0.9 > 0.1 > float(gates[~first].mean())
+
+
+def test_mixture_weights_over_cluster_models_are_a_softmax_with_the_global_at_zero() -> None:
+    mix = GateMixture(build_network("mlp", (2,), 3, gate=True, gate_outputs=3), 3, clusters=2)
+    logits = torch.tensor([[[1.0, -1.0, 0.5]]], dtype=torch.float64)
+    w = mix.weights(logits).exp()
+    expected = torch.softmax(torch.tensor([1.0, 0.0, -1.0, 0.5], dtype=torch.float64), 0)
+    torch.testing.assert_close(w[0, 0], expected)
+    torch.testing.assert_close(mix.specialist_weight(logits), expected[:1].reshape(1, 1))
+
+
+def test_cached_cluster_experts_are_each_models_outputs() -> None:
+    net = build_network("mlp", (1, 3), 4, dropout=0.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 1, 3, generator=g)
+    y = torch.randint(0, 4, (12,), generator=g)
+    data = ClientData.from_indices(x, y, [np.arange(5), np.arange(5, 12)])
+    specialists = net.init(0, torch.arange(2), "s")
+    clusters = net.init(0, torch.arange(3), "c")
+    ex = cache_experts(net, specialists, net.init(0, torch.tensor([0]), "g"), data, clusters)
+    assert ex.log_pc is not None and ex.log_pc.shape == (2, 7, 3, 4) and ex.num_clusters == 3
+    for m in range(3):
+        model = {n: p[m : m + 1] for n, p in clusters.items()}
+        torch.testing.assert_close(ex.log_pc[1, :7, m], net.forward(model, x[5:12][None])[0])
+        torch.testing.assert_close(ex.log_pc[0, :5, m], net.forward(model, x[:5][None])[0])
+    shared = cache_experts(
+        net, specialists, net.init(0, torch.tensor([0]), "g"), ClientData.common(x, y, 2), clusters
+    )
+    assert shared.log_pc is not None and shared.log_pc.shape == (1, 12, 3, 4)

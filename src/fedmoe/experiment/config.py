@@ -182,6 +182,22 @@ class CentralisedSection:
         _check(self.patience >= 1, f"centralised.patience must be at least 1, got {self.patience}")
 
 
+@dataclass(frozen=True)
+class ClusteredSection:
+    """IFCA-style clustered global models (``fedmoe.methods.fedavg``): ``models`` global
+    models federated with the ``fedavg`` section's settings, each round's clients
+    training the one that fits their data best. Adds the methods ``ifca`` (each client's
+    best cluster model on its validation data) and ``moe-ifca`` (the ``moe-plus`` gate,
+    with the ``moe_plus`` section's options, over the client's specialist, the global
+    model and the cluster models)."""
+
+    enabled: bool = False
+    models: int = 3
+
+    def validate(self) -> None:
+        _check(self.models >= 2, f"clustered.models must be at least 2, got {self.models}")
+
+
 def _validate_optim(where: str, batch: int, lr: float, momentum: float, wd: float) -> None:
     _check(batch >= 1, f"{where}.batch_size must be at least 1, got {batch}")
     _check(lr > 0, f"{where}.lr must be positive, got {lr}")
@@ -207,6 +223,7 @@ class ExperimentConfig:
     personalise: PersonaliseSection = field(default_factory=PersonaliseSection)
     moe_plus: MoePlusSection = field(default_factory=MoePlusSection)
     centralised: CentralisedSection = field(default_factory=CentralisedSection)
+    clustered: ClusteredSection = field(default_factory=ClusteredSection)
 
     def validate(self) -> ExperimentConfig:
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
@@ -221,8 +238,10 @@ class ExperimentConfig:
         self.personalise.validate()
         self.moe_plus.validate()
         self.centralised.validate()
+        self.clustered.validate()
+        gated = self.moe_plus.enabled or self.clustered.enabled
         _check(
-            not self.moe_plus.enabled or self.moe_plus.data == "train" or self.partition.val >= 2,
+            not gated or self.moe_plus.data == "train" or self.partition.val >= 2,
             "moe_plus.data = 'heldout' splits each client's validation set in two (gate fit, "
             f"early stopping) and needs partition.val >= 2, got {self.partition.val}",
         )

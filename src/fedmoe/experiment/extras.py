@@ -1,5 +1,6 @@
 """Methods beyond the paper's four, run when the config enables them: ``moe-plus`` (with
-its ablation) and a centralised-training upper bound."""
+its ablation), ``ifca`` and ``moe-ifca`` over clustered global models, and a
+centralised-training upper bound."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from fedmoe.engine.train import ProgressFn
 from fedmoe.experiment.checkpoint import Checkpoints
 from fedmoe.experiment.config import ExperimentConfig
 from fedmoe.experiment.summary import gate_summary, majority_mask, summarise
+from fedmoe.methods.fedavg import FedAvgResult, best_models, evaluate_each
 from fedmoe.methods.gating import (
     Experts,
     FittedGate,
@@ -67,11 +69,87 @@ class _Splits:
         )
 
 
-def _gate_net(cfg: ExperimentConfig, prep: Prepared, config: GateConfig) -> Network:
+def _gate_net(
+    cfg: ExperimentConfig, prep: Prepared, config: GateConfig, clusters: int = 0
+) -> Network:
+    outputs = 1 + clusters
     if config.inputs == "image":
-        return prep.gate_net
-    shape = (prep.net.feature_size,)
-    return build_network("mlp", shape, prep.dataset.num_classes, gate=True, dropout=cfg.dropout)
+        shape, arch = prep.dataset.input_shape, prep.gate_net.name.removesuffix("-gate")
+    else:
+        shape, arch = (prep.net.feature_size,), "mlp"
+    return build_network(
+        arch,
+        shape,
+        prep.dataset.num_classes,
+        gate=True,
+        dropout=cfg.dropout,
+        gate_outputs=outputs,
+    )
+
+
+@dataclass(frozen=True)
+class _Gating:
+    """What every gate of a run shares: the clients, their label-prior ratio and
+    majority classes, the checkpoint store and the progress bars."""
+
+    cfg: ExperimentConfig
+    prep: Prepared
+    train_cfg: TrainConfig
+    store: Checkpoints
+    bar: Bar
+
+    @property
+    def clients(self) -> torch.Tensor:
+        return torch.arange(self.prep.partition.num_clients)
+
+    def fit(self, stage: str, label: str, config: GateConfig, splits: _Splits) -> dict[str, Any]:
+        """Fit (or restore from ``store[stage][label]``) the gate ``config`` over
+        ``splits`` and evaluate it: the results.json entry (options, accuracies, gate
+        statistics, temperatures, epochs)."""
+        prep = self.prep
+        prior = log_prior_ratio(prep.train, prep.dataset.num_classes)
+        gate_net = _gate_net(self.cfg, prep, config, splits.test.num_clusters)
+        saved = self.store.load(stage) or {}
+        if label in saved:
+            fit = _restore(saved[label], config, gate_net, prep, prior)
+        else:
+            fit = fit_gate(
+                prep.net,
+                gate_net,
+                splits.train,
+                splits.val,
+                prior,
+                config,
+                self.train_cfg,
+                self.clients,
+                self.cfg.seed,
+                self.bar(f"{stage} ({label}) epochs", self.train_cfg.epochs),
+            )
+            saved[label] = _state(fit)
+            self.store.save(stage, saved)
+        majority = majority_mask(prep.partition, prep.dataset.num_classes, prep.train.x.device)
+        entry: dict[str, Any] = {"options": asdict(config), "gate": {}}
+        for split in ("test", "global_test"):
+            ex: Experts = getattr(splits, split)
+            ev, g = evaluate_gate(fit, ex)
+            name = "local_test" if split == "test" else split
+            entry[name] = summarise(ev.accuracy)
+            entry["gate"][name] = gate_summary(g, ex.y, ex.valid(), majority)
+        entry["temperature"] = {
+            "specialist": summarise(fit.t_specialist),
+            "global": summarise(fit.t_global),
+        }
+        entry["epochs"] = fit.epochs.tolist()
+        return entry
+
+
+def _splits(
+    prep: Prepared, global_params: Params, specialists: Params, clusters: Params | None = None
+) -> _Splits:
+    data = (prep.train, prep.val, prep.test, prep.global_test)
+    return _Splits(
+        *(cache_experts(prep.net, specialists, global_params, d, clusters) for d in data)
+    )
 
 
 def run_moe_plus(
@@ -88,57 +166,66 @@ def run_moe_plus(
     results.json."""
     main = gate_config(cfg)
     variants = main.ablations() if cfg.moe_plus.ablation else {main.label: main}
-    data = (prep.train, prep.val, prep.test, prep.global_test)
-    features = _Splits(*(cache_experts(prep.net, specialists, global_params, d) for d in data))
+    features = _splits(prep, global_params, specialists)
     cached = {"features": features}
     if any(c.inputs == "image" for c in variants.values()):
         cached["image"] = features.with_images(prep)
-    prior = log_prior_ratio(prep.train, prep.dataset.num_classes)
-    clients = torch.arange(prep.partition.num_clients)
-    majority = majority_mask(prep.partition, prep.dataset.num_classes, prep.train.x.device)
-    saved = store.load("moe-plus") or {}
+    gating = _Gating(cfg, prep, train_cfg, store, bar)
     out: dict[str, Any] = {"ablation": {}}
     for label, config in variants.items():
-        splits = cached[config.inputs]
-        gate_net = _gate_net(cfg, prep, config)
-        if label in saved:
-            fit = _restore(saved[label], config, gate_net, prep, prior)
-        else:
-            fit = fit_gate(
-                prep.net,
-                gate_net,
-                splits.train,
-                splits.val,
-                prior,
-                config,
-                train_cfg,
-                clients,
-                cfg.seed,
-                bar(f"MoE+ ({label}) epochs", train_cfg.epochs),
-            )
-            saved[label] = _state(fit)
-            store.save("moe-plus", saved)
-        entry: dict[str, Any] = {"options": asdict(config)}
-        gates: dict[str, Any] = {}
-        for split in ("test", "global_test"):
-            ex: Experts = getattr(splits, split)
-            ev, g = evaluate_gate(fit, ex)
-            name = "local_test" if split == "test" else split
-            entry[name] = summarise(ev.accuracy)
-            gates[name] = gate_summary(g, ex.y, ex.valid(), majority)
-        entry["gate"] = gates
-        entry["temperature"] = {
-            "specialist": summarise(fit.t_specialist),
-            "global": summarise(fit.t_global),
-        }
+        entry = gating.fit("moe-plus", label, config, cached[config.inputs])
+        epochs = entry.pop("epochs")
         out["ablation"][label] = entry
         if config == main:
             out["method"] = {s: entry[s] for s in ("local_test", "global_test")}
-            out["gate"] = gates
-            out["epochs"] = fit.epochs.tolist()
+            out["gate"] = entry["gate"]
+            out["epochs"] = epochs
     if not cfg.moe_plus.ablation:
         del out["ablation"]
     return out
+
+
+def run_moe_ifca(
+    cfg: ExperimentConfig,
+    prep: Prepared,
+    global_params: Params,
+    specialists: Params,
+    clustered: FedAvgResult,
+    train_cfg: TrainConfig,
+    store: Checkpoints,
+    bar: Bar,
+) -> dict[str, Any]:
+    """Evaluate ``ifca`` (each client's cluster model with the lowest validation loss)
+    and fit ``moe-ifca`` (the ``moe-plus`` gate over the specialist, the global model
+    and the cluster models). Returns ``{"ifca", "method", "gate", "epochs",
+    "clustered"}`` entries for results.json."""
+    clusters = clustered.params
+    objective = Classifier(prep.net)
+    chosen = best_models(objective, clusters, prep.val)
+    ifca = {}
+    for split, data in (("local_test", prep.test), ("global_test", prep.global_test)):
+        acc = evaluate_each(objective, clusters, data).accuracy
+        ifca[split] = summarise(acc.gather(0, chosen.unsqueeze(0))[0])
+    splits = _splits(prep, global_params, specialists, clusters)
+    config = gate_config(cfg)
+    if config.inputs == "image":
+        splits = splits.with_images(prep)
+    gating = _Gating(cfg, prep, train_cfg, store, bar)
+    entry = gating.fit("moe-ifca", config.label, config, splits)
+    counts = torch.bincount(chosen.cpu(), minlength=cfg.clustered.models)
+    return {
+        "ifca": ifca,
+        "method": {s: entry[s] for s in ("local_test", "global_test")},
+        "gate": entry["gate"],
+        "epochs": entry["epochs"],
+        "clustered": {
+            "models": cfg.clustered.models,
+            "best_round": clustered.best_round,
+            "rounds_run": len(clustered.history),
+            "clients_per_model": counts.tolist(),
+            "model_of_client": chosen.tolist(),
+        },
+    }
 
 
 def _state(fit: FittedGate) -> dict[str, Any]:
@@ -146,6 +233,7 @@ def _state(fit: FittedGate) -> dict[str, Any]:
         "params": fit.params,
         "t_specialist": fit.t_specialist,
         "t_global": fit.t_global,
+        "t_clusters": fit.t_clusters,
         "epochs": fit.epochs,
         "best_loss": fit.best_loss,
     }
@@ -158,15 +246,18 @@ def _restore(
     prep: Prepared,
     prior: torch.Tensor,
 ) -> FittedGate:
+    t_clusters = state.get("t_clusters")
+    clusters = 0 if t_clusters is None else int(t_clusters.shape[1])
     return FittedGate(
         config,
-        GateMixture(gate_net, prep.dataset.num_classes),
+        GateMixture(gate_net, prep.dataset.num_classes, clusters),
         state["params"],
         state["t_specialist"],
         state["t_global"],
         prior,
         state["epochs"],
         state["best_loss"],
+        t_clusters,
     )
 
 

@@ -62,8 +62,8 @@ from fedmoe.methods.fedavg import RoundRecord
 from fedmoe.methods.mixture import Mixture, combine
 from fedmoe.models import Network, Params, build_network, default_architecture
 
-#: The paper's methods, run in every experiment; ``moe-plus`` and ``centralised`` are
-#: added when the config enables them.
+#: The paper's methods, run in every experiment; ``moe-plus``, ``ifca``, ``moe-ifca``
+#: and ``centralised`` are added when the config enables them.
 METHODS = ("fedavg", "local", "finetune", "moe")
 
 #: ``progress(description, total)`` returns the callback a phase reports to.
@@ -251,9 +251,12 @@ def _federate(
     store: Checkpoints,
     bar: Callable[[str, int], ProgressFn],
     on_round: Callable[[RoundRecord], None] | None,
+    models: int = 1,
 ) -> FedAvgResult:
-    """The federated phase, resumed from and checkpointed into ``store``."""
-    done = store.load("federate")
+    """The federated phase (with ``models`` > 1: IFCA's clustered global models, stored
+    as ``clustered``), resumed from and checkpointed into ``store``."""
+    name = "federate" if models == 1 else "clustered"
+    done = store.load(name)
     if done is not None:
         return FedAvgResult(
             done["params"], done["best_round"], [RoundRecord(**r) for r in done["history"]]
@@ -265,10 +268,14 @@ def _federate(
         if on_round is not None:
             on_round(server.history[-1])
         if server.finished or server.next_round % every == 0:
-            store.save("federate-progress", server.state_dict())
+            store.save(f"{name}-progress", server.state_dict())
 
     opt_in = np.flatnonzero(~prep.partition.opt_out)
-    init = global_init(cfg, prep.net, prep.train.x.device)
+    if models == 1:
+        init = global_init(cfg, prep.net, prep.train.x.device)
+    else:
+        x = prep.train.x
+        init = prep.net.init(cfg.seed, torch.arange(models), "clustered/init", x.dtype, x.device)
     fed = federate(
         prep.net,
         init,
@@ -277,12 +284,12 @@ def _federate(
         opt_in,
         fcfg,
         cfg.seed,
-        bar("FedAvg rounds", fcfg.rounds),
-        state=store.load("federate-progress"),
+        bar("FedAvg rounds" if models == 1 else "IFCA rounds", fcfg.rounds),
+        state=store.load(f"{name}-progress"),
         on_round=checkpoint,
     )
     store.save(
-        "federate",
+        name,
         {
             "params": fed.params,
             "best_round": fed.best_round,
@@ -430,6 +437,24 @@ def run_experiment(
         extra["gate_plus"] = plus["gate"]
         if "ablation" in plus:
             extra["ablation"] = plus["ablation"]
+    if cfg.clustered.enabled:
+        with timer.phase("clustered"):
+            clustered = _federate(cfg, prep, store, bar, None, cfg.clustered.models)
+            ifca = extras.run_moe_ifca(
+                cfg,
+                prep,
+                fed.params,
+                ft.params,
+                clustered,
+                personalise_config(cfg, cfg.moe_plus.lr),
+                store,
+                bar,
+            )
+        methods["ifca"] = ifca["ifca"]
+        methods["moe-ifca"] = ifca["method"]
+        epochs_run["moe-ifca"] = ifca["epochs"]
+        extra["gate_ifca"] = ifca["gate"]
+        extra["clustered"] = ifca["clustered"]
     if cfg.centralised.enabled:
         with timer.phase("centralised"):
             central = extras.run_centralised(cfg, prep, store, bar)

@@ -672,7 +672,11 @@ def _pooled(sweep: Sweep, cell: Cell, method: str) -> list[float]:
 
 
 #: (method, results.json key, display name, file stem) of each mixture's gate plot.
-_GATES = (("moe", "gate", "MoE", "gate"), ("moe-plus", "gate_plus", "MoE+", "gate_plus"))
+_GATES = (
+    ("moe", "gate", "MoE", "gate"),
+    ("moe-plus", "gate_plus", "MoE+", "gate_plus"),
+    ("moe-ifca", "gate_ifca", "MoE+ IFCA", "gate_ifca"),
+)
 
 
 def _gate_plots(sweep: Sweep, out: Path) -> list[Plot | Skipped]:

@@ -12,6 +12,8 @@ METHOD_LABELS = {
     "finetune": "FT",
     "moe": "MoE",
     "moe-plus": "MoE+",
+    "ifca": "IFCA",
+    "moe-ifca": "MoE+ IFCA",
     "centralised": "Centralised",
 }
 

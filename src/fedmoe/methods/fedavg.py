@@ -4,6 +4,12 @@
 round, how updates are averaged, when to stop, which global model is best). The
 embedded simulator (:func:`federate`) drives it with the cohort engine; the Flower
 ServerApp drives the same object with messages to real nodes.
+
+With several global models (IFCA, Ghosh et al. 2020: the leading axis of the initial
+parameters holds ``k`` cluster models) each sampled client trains the model with the
+lowest loss on its training data, each model is the average of the updates of the
+clients that chose it (a model no one chose is kept), and a client's validation loss is
+that of its best model. One global model is plain FedAvg.
 """
 
 from __future__ import annotations
@@ -16,7 +22,15 @@ import numpy as np
 import torch
 
 from fedmoe import rng
-from fedmoe.engine import Classifier, ClientData, EarlyStopping, TrainConfig, evaluate, train
+from fedmoe.engine import (
+    Classifier,
+    ClientData,
+    EarlyStopping,
+    Evaluation,
+    TrainConfig,
+    evaluate,
+    train,
+)
 from fedmoe.engine.train import ProgressFn
 from fedmoe.methods.params import broadcast
 from fedmoe.models import Network, Params
@@ -60,6 +74,8 @@ class RoundRecord:
     val_loss: float | None
     val_accuracy: float | None
     improved: bool
+    #: With several global models, the model each of ``clients`` trained.
+    clusters: list[int] | None = None
 
 
 @dataclass
@@ -88,9 +104,23 @@ class FedAvgServer:
         gen = np.random.default_rng([self.seed, rng.phase_id("fedavg/sample"), round_])
         return np.sort(gen.choice(self.opt_in, size=m, replace=False))
 
-    def aggregate(self, updates: Params, weights: torch.Tensor) -> None:
-        """Replace the global model by the weighted average of ``updates``."""
-        self.params = aggregate(updates, weights)
+    def aggregate(
+        self, updates: Params, weights: torch.Tensor, clusters: np.ndarray | None = None
+    ) -> None:
+        """Replace the global model by the weighted average of ``updates``; with several
+        global models, each by the average of the updates of the clients that trained it
+        (``clusters``: the model of each update)."""
+        if clusters is None:
+            self.params = aggregate(updates, weights)
+            return
+        rows = []
+        for j in range(num_models(self.params)):
+            chosen = torch.as_tensor(np.flatnonzero(clusters == j), device=weights.device)
+            if len(chosen) == 0:
+                rows.append({n: p[j : j + 1] for n, p in self.params.items()})
+            else:
+                rows.append(aggregate({n: u[chosen] for n, u in updates.items()}, weights[chosen]))
+        self.params = {n: torch.cat([r[n] for r in rows]) for n in self.params}
 
     def validates(self, round_: int) -> bool:
         """Whether the global model is validated after ``round_``."""
@@ -103,12 +133,13 @@ class FedAvgServer:
         clients: list[int],
         val_loss: float | None = None,
         val_accuracy: float | None = None,
+        clusters: list[int] | None = None,
     ) -> bool:
         """Record ``round_``: its validation of the global model on check rounds (see
         :meth:`validates`), where a copy is kept if it is the best so far, and nothing else
         on the others. Returns ``True`` when training should stop (early stopping)."""
         if val_loss is None:
-            self.history.append(RoundRecord(round_, clients, None, None, False))
+            self.history.append(RoundRecord(round_, clients, None, None, False, clusters))
             return self.stopped
         es = self.cfg.early_stopping
         delta = es.min_delta if es else 0.0
@@ -117,7 +148,9 @@ class FedAvgServer:
             self.best_params = {n: p.clone() for n, p in self.params.items()}
             self.best_loss, self.best_round = val_loss, round_
         self._wait = 0 if improved else self._wait + 1
-        self.history.append(RoundRecord(round_, clients, val_loss, val_accuracy, improved))
+        self.history.append(
+            RoundRecord(round_, clients, val_loss, val_accuracy, improved, clusters)
+        )
         self.stopped = es is not None and self._wait >= es.patience
         return self.stopped
 
@@ -154,9 +187,48 @@ class FedAvgServer:
         self.stopped = bool(state["stopped"])
 
 
+def num_models(params: Params) -> int:
+    """How many global models ``params`` stacks (its leading size)."""
+    return int(next(iter(params.values())).shape[0])
+
+
+@torch.no_grad()
+def evaluate_each(objective: Classifier, params: Params, data: ClientData) -> Evaluation:
+    """Each of ``params``'s global models evaluated on every client of ``data``:
+    loss and accuracy ``(models, K)``."""
+    evs = [
+        evaluate(objective, {n: p[j : j + 1] for n, p in params.items()}, data)
+        for j in range(num_models(params))
+    ]
+    return Evaluation(
+        torch.stack([e.loss for e in evs]), torch.stack([e.accuracy for e in evs]), data.n
+    )
+
+
+def best_models(objective: Classifier, params: Params, data: ClientData) -> torch.Tensor:
+    """Each client's global model with the lowest loss on its ``data`` ``(K,)``."""
+    return evaluate_each(objective, params, data).loss.argmin(0)
+
+
+def _validate(objective: Classifier, params: Params, val: ClientData) -> tuple[float, float]:
+    """Mean validation loss and accuracy over clients (weighted by examples), each client
+    with its best global model."""
+    if num_models(params) == 1:
+        ev = evaluate(objective, params, val)
+        loss, acc = ev.loss, ev.accuracy
+    else:
+        every = evaluate_each(objective, params, val)
+        best = every.loss.argmin(0, keepdim=True)
+        loss = every.loss.gather(0, best)[0]
+        acc = every.accuracy.gather(0, best)[0]
+    n = val.n.to(torch.float64)
+    return float((loss * n).sum() / n.sum()), float((acc * n).sum() / n.sum())
+
+
 @dataclass(frozen=True)
 class FedAvgResult:
-    """The best global model (client axis of length 1), its round, and the history."""
+    """The best global model(s) (leading axis: one row per global model), its round,
+    and the history."""
 
     params: Params
     best_round: int
@@ -176,8 +248,8 @@ def federate(
     on_round: Callable[[FedAvgServer], None] | None = None,
 ) -> FedAvgResult:
     """Run FedAvg in the embedded simulator: each round's sampled clients train as one
-    cohort from the global model; the global model is validated on all opt-in clients'
-    validation sets after every round.
+    cohort from the global model (with several, from the one each client picks); the
+    global model is validated on all opt-in clients' validation sets on check rounds.
 
     ``state`` (a :meth:`FedAvgServer.state_dict`) resumes a run; every round's random
     draws depend only on (seed, round), so a resumed run equals an uninterrupted one.
@@ -195,16 +267,20 @@ def federate(
         idx = torch.as_tensor(clients, device=device)
         keys = rng.client_keys(seed, idx.cpu(), f"fedavg/round/{round_}").to(device)
         cohort = train_data.select(idx)
-        result = train(objective, broadcast(server.params, len(clients)), cohort, cfg.local, keys)
-        server.aggregate(result.params, cohort.n)
-        if server.validates(round_):
-            ev = evaluate(objective, server.params, opt_in_val)
-            n = ev.n.to(torch.float64)
-            loss = float((ev.loss * n).sum() / n.sum())
-            acc = float((ev.accuracy * n).sum() / n.sum())
-            server.record(round_, clients.tolist(), loss, acc)
+        chosen: list[int] | None = None
+        if num_models(server.params) == 1:
+            start = broadcast(server.params, len(clients))
         else:
-            server.record(round_, clients.tolist())
+            best = best_models(objective, server.params, cohort)
+            start = {n: p[best] for n, p in server.params.items()}
+            chosen = best.tolist()
+        result = train(objective, start, cohort, cfg.local, keys)
+        server.aggregate(result.params, cohort.n, None if chosen is None else np.array(chosen))
+        if server.validates(round_):
+            loss, acc = _validate(objective, server.params, opt_in_val)
+            server.record(round_, clients.tolist(), loss, acc, chosen)
+        else:
+            server.record(round_, clients.tolist(), clusters=chosen)
         if progress is not None:
             progress(round_ + 1, len(clients))
         if on_round is not None:

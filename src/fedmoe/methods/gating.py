@@ -25,6 +25,12 @@ option of :class:`GateConfig`, so every one can be ablated:
 Both experts are frozen (the specialist is the client's fine-tuned model), so their
 outputs are computed once per split and the gate trains on rows
 ``[gate input | log p_s | log p_g | prior feature]`` with the ordinary engine.
+
+More global experts (the ``M`` cluster models of IFCA, see :mod:`fedmoe.methods.fedavg`)
+join as ``log p_c`` columns; the gate then has ``1 + M`` outputs, the logits of the
+specialist and of each cluster model against the federation's global expert (logit 0),
+and the mixture weights are their softmax (with ``M = 0``: ``g = sigmoid(a)``, the same
+mixture). Calibration and ``adjust`` apply to every global expert alike.
 """
 
 from __future__ import annotations
@@ -96,18 +102,24 @@ class GateConfig:
 
 @dataclass(frozen=True)
 class Experts:
-    """Both experts' outputs on one split of K clients (axis 0 of length 1 where every
+    """The experts' outputs on one split of K clients (axis 0 of length 1 where every
     client shares the rows, as on the global test set).
 
     ``gate_in`` ``(K|1, N, P)``: the gate's inputs, flattened; ``log_ps`` ``(K, N, C)``
     and ``log_pg`` ``(K|1, N, C)``: specialist and global log-probabilities; ``y``
-    ``(K|1, N)``; ``n`` ``(K,)``: real examples per client."""
+    ``(K|1, N)``; ``n`` ``(K,)``: real examples per client; ``log_pc`` ``(K|1, N, M, C)``:
+    the log-probabilities of ``M`` further global experts (cluster models), if any."""
 
     gate_in: torch.Tensor
     log_ps: torch.Tensor
     log_pg: torch.Tensor
     y: torch.Tensor
     n: torch.Tensor
+    log_pc: torch.Tensor | None = None
+
+    @property
+    def num_clusters(self) -> int:
+        return 0 if self.log_pc is None else int(self.log_pc.shape[2])
 
     @property
     def num_clients(self) -> int:
@@ -121,21 +133,31 @@ class Experts:
 
 @torch.no_grad()
 def cache_experts(
-    net: Network, specialists: Params, global_params: Params, data: ClientData
+    net: Network,
+    specialists: Params,
+    global_params: Params,
+    data: ClientData,
+    clusters: Params | None = None,
 ) -> Experts:
-    """Run both (frozen, eval-mode) experts once over ``data``; the gate inputs are the
-    global expert's features (see :func:`image_inputs` for the raw inputs)."""
-    parts: list[tuple[torch.Tensor, ...]] = []
+    """Run the (frozen, eval-mode) experts once over ``data``: the clients'
+    ``specialists``, the global model and the ``clusters`` models (leading axis ``M``),
+    if any. The gate inputs are the global expert's features (see :func:`image_inputs`
+    for the raw inputs)."""
+    parts: list[list[torch.Tensor]] = []
     for x, y, _ in batches(data):
         log_ps = net.forward(specialists, x)
-        # One global model for every client: its inputs form one batch.
+        # Models shared by every client: their inputs form one batch.
         flat = x.reshape(1, -1, *x.shape[2:])
         flat_feats = net.features(global_params, flat)
         feats = flat_feats.reshape(*x.shape[:2], -1)
         log_pg = net.head(global_params, flat_feats).reshape(*x.shape[:2], -1)
-        parts.append((feats, log_ps, log_pg, y[:1] if data.shared else y))
-    gate_in, log_ps, log_pg, y = (torch.cat(t, 1) for t in zip(*parts, strict=True))
-    return Experts(gate_in, log_ps, log_pg, y, data.n)
+        part = [feats, log_ps, log_pg, y[:1] if data.shared else y]
+        if clusters is not None:
+            log_pc = net.forward(clusters, flat)  # (M, K*B, C)
+            part.append(log_pc.reshape(-1, *x.shape[:2], log_pc.shape[-1]).permute(1, 2, 0, 3))
+        parts.append(part)
+    cat = [torch.cat(t, 1) for t in zip(*parts, strict=True)]
+    return Experts(cat[0], cat[1], cat[2], cat[3], data.n, cat[4] if clusters is not None else None)
 
 
 def image_inputs(data: ClientData) -> torch.Tensor:
@@ -177,32 +199,56 @@ def log_prior_ratio(train: ClientData, num_classes: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class GateMixture:
-    """The ``moe-plus`` objective over rows ``[gate input | log p_s | log p_g | prior]``;
-    trains ``gate.*`` (and ``prior.scale`` ``(K, 1)`` when ``prior``)."""
+    """The ``moe-plus`` objective over rows
+    ``[gate input | log p_s | log p_g | log p_c (M x C) | prior]``; trains ``gate.*``
+    (and ``prior.scale`` ``(K, 1)`` when ``prior``). The gate network has ``1 + M``
+    outputs."""
 
     gate: Network
     num_classes: int
+    clusters: int = 0
 
     @property
     def width(self) -> int:
         return math.prod(self.gate.input_shape)
 
     def logits(self, params: Params, rows: torch.Tensor, dropout: Dropout | None) -> torch.Tensor:
-        """Gate logits ``(K, B)``."""
+        """Gate logits: ``(K, B)`` for the specialist against the global expert, or
+        ``(K, B, 1 + M)`` with cluster models (specialist first)."""
         k, b = rows.shape[:2]
         gate_in = rows[..., : self.width].reshape(k, b, *self.gate.input_shape)
         mask = None if dropout is None else dropout.mask(self.gate, b, rows.dtype)
         a = self.gate.forward(unprefixed(params, GATE), gate_in, mask)
         if PRIOR_SCALE in params:
-            a = a + params[PRIOR_SCALE] * rows[..., -1]
+            shift = params[PRIOR_SCALE] * rows[..., -1]
+            if self.clusters:
+                a = torch.cat([a[..., :1] + shift.unsqueeze(-1), a[..., 1:]], -1)
+            else:
+                a = a + shift
         return a
+
+    def weights(self, logits: torch.Tensor) -> torch.Tensor:
+        """Log mixture weights ``(K, B, 2 + M)`` (specialist, global, clusters) of
+        :meth:`logits` with clusters."""
+        zero = torch.zeros_like(logits[..., :1])
+        return torch.log_softmax(torch.cat([logits[..., :1], zero, logits[..., 1:]], -1), -1)
+
+    def specialist_weight(self, logits: torch.Tensor) -> torch.Tensor:
+        """The weight ``(K, B)`` the mixture gives the specialist."""
+        if self.clusters:
+            return self.weights(logits)[..., 0].exp()
+        return torch.sigmoid(logits)
 
     def log_probs(
         self, params: Params, rows: torch.Tensor, dropout: Dropout | None
     ) -> torch.Tensor:
         c, w = self.num_classes, self.width
-        log_ps, log_pg = rows[..., w : w + c], rows[..., w + c : w + 2 * c]
-        return combine(log_ps, log_pg, self.logits(params, rows, dropout), "probability")
+        logits = self.logits(params, rows, dropout)
+        if not self.clusters:
+            log_ps, log_pg = rows[..., w : w + c], rows[..., w + c : w + 2 * c]
+            return combine(log_ps, log_pg, logits, "probability")
+        experts = rows[..., w : w + (2 + self.clusters) * c].reshape(*rows.shape[:2], -1, c)
+        return torch.logsumexp(self.weights(logits).unsqueeze(-1) + experts, -2)
 
 
 @dataclass(frozen=True)
@@ -219,6 +265,8 @@ class FittedGate:
     ratio: torch.Tensor
     epochs: torch.Tensor
     best_loss: torch.Tensor
+    #: ``(K, M)`` temperatures of the cluster models, if any.
+    t_clusters: torch.Tensor | None = None
 
 
 def _rows(fit: FittedGate, ex: Experts, start: int, stop: int) -> torch.Tensor:
@@ -230,10 +278,14 @@ def _rows(fit: FittedGate, ex: Experts, start: int, stop: int) -> torch.Tensor:
     prior = (log_pg.exp() * ratio).sum(-1, keepdim=True)
     if not fit.config.prior:
         prior = torch.zeros_like(prior)
+    others = [log_pg]
+    if ex.log_pc is not None and fit.t_clusters is not None:
+        log_pc = ex.log_pc[:, start:stop]
+        others += [scaled(log_pc[:, :, m], fit.t_clusters[:, m]) for m in range(ex.num_clusters)]
     if fit.config.adjust:
-        log_pg = torch.log_softmax(log_pg + ratio, -1)
+        others = [torch.log_softmax(o + ratio, -1) for o in others]
     gate_in = ex.gate_in[:, start:stop].expand(k, -1, -1)
-    return torch.cat([gate_in, log_ps, log_pg, prior], -1)
+    return torch.cat([gate_in, log_ps, *(o.expand(k, -1, -1) for o in others), prior], -1)
 
 
 def _client_data(fit: FittedGate, ex: Experts, lo: torch.Tensor, hi: torch.Tensor) -> ClientData:
@@ -261,19 +313,26 @@ def fit_gate(
 
     ``ratio``: :func:`log_prior_ratio` of the clients' training labels."""
     k, device = val_experts.num_clients, val_experts.n.device
+    m = val_experts.num_clusters
     ones = torch.ones(k, dtype=torch.float64, device=device)
     t_s, t_g = ones, ones
+    t_c = torch.ones(k, m, dtype=torch.float64, device=device) if m else None
     if config.calibrate:
         valid = val_experts.valid()
         t_s = fit_temperature(val_experts.log_ps, val_experts.y, valid)
         t_g = fit_temperature(val_experts.log_pg, val_experts.y, valid)
+        if val_experts.log_pc is not None:
+            cols = [val_experts.log_pc[:, :, j] for j in range(m)]
+            t_c = torch.stack([fit_temperature(c, val_experts.y, valid) for c in cols], 1)
+    if gate_net.num_outputs != 1 + m:
+        raise ValueError(f"a gate over {m} cluster models needs {1 + m} outputs")
     dtype = val_experts.log_ps.dtype
     gate = gate_net.init(seed, clients.cpu(), "moe-plus/gate-init", dtype=dtype, device=device)
     params = prefixed(gate, GATE)
     if config.prior:
         params[PRIOR_SCALE] = torch.ones(k, 1, dtype=dtype, device=device)
-    objective = GateMixture(gate_net, net.num_outputs)
-    fit = FittedGate(config, objective, params, t_s, t_g, ratio, ones, ones)
+    objective = GateMixture(gate_net, net.num_outputs, m)
+    fit = FittedGate(config, objective, params, t_s, t_g, ratio, ones, ones, t_c)
     zero = torch.zeros_like(val_experts.n)
     if config.data == "heldout":
         half = val_experts.n // 2
@@ -305,6 +364,7 @@ def evaluate_gate(fit: FittedGate, ex: Experts) -> tuple[Evaluation, torch.Tenso
     for start, stop in _chunks(ex):
         rows = _rows(fit, ex, start, stop)
         log_probs = fit.objective.log_probs(fit.params, rows, None)
-        gates.append(torch.sigmoid(fit.objective.logits(fit.params, rows, None)))
+        logits = fit.objective.logits(fit.params, rows, None)
+        gates.append(fit.objective.specialist_weight(logits))
         tally.add(log_probs, ex.y[:, start:stop].expand(k, -1), valid[:, start:stop])
     return tally.result(ex.n), torch.cat(gates, 1)
