@@ -42,6 +42,10 @@ from fedmoe.experiment.presets import PRESETS, preset
         ({"centralised": {"batch_size": 0}}, "centralised.batch_size must be at least 1"),
         ({"clustered": {"models": 1}}, "clustered.models must be at least 2"),
         (
+            {"moe_staged": {"enabled": True}, "personalise": {"moe_schedule": "staged"}},
+            "moe_staged.enabled compares",
+        ),
+        (
             {"clustered": {"enabled": True}, "partition": {"val": 1}},
             r"needs partition.val >= 2",
         ),

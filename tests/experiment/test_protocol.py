@@ -54,14 +54,16 @@ def test_small_run_is_complete_deterministic_and_respects_opt_out(tmp_path: Path
 
 
 @needs_fashion_mnist
-def test_moe_plus_with_its_ablation_clusters_and_the_centralised_bound(tmp_path: Path) -> None:
+def test_extra_methods_moe_staged_moe_plus_clusters_and_the_centralised_bound(tmp_path: Path) -> None:
     extra = {
         "moe_plus": {"enabled": True, "ablation": True},
         "centralised": {"enabled": True, "epochs": 3},
         "clustered": {"enabled": True, "models": 2},
+        "moe_staged": {"enabled": True},
     }
     res = run_experiment(config.from_dict(SMALL | extra))
-    assert list(res["methods"]) == [*METHODS, "moe-plus", "ifca", "moe-ifca", "centralised"]
+    extras = ["moe-staged", "moe-plus", "ifca", "moe-ifca", "centralised"]
+    assert list(res["methods"]) == [*METHODS, *extras]
     assert len(res["ablation"]) == 7
     best = res["ablation"]["global features, held-out, calibrated, prior, adjusted global"]
     assert best["local_test"] == res["methods"]["moe-plus"]["local_test"]
@@ -70,6 +72,10 @@ def test_moe_plus_with_its_ablation_clusters_and_the_centralised_bound(tmp_path:
     # The centralised model is one model: one global-test accuracy for every client.
     assert len(set(res["methods"]["centralised"]["global_test"]["per_client"])) == 1
     assert len(res["epochs"]["moe-plus"]) == 6  # clients
+    # The staged MoE trains the gate alone, then jointly: at least 2 epochs per client.
+    assert min(res["epochs"]["moe-staged"]) >= 2
+    assert res["methods"]["moe-staged"] != res["methods"]["moe"]
+    assert set(res["gate_staged"]) == {"local_test", "global_test"}
     # IFCA: every client evaluated with the one of 2 models it chose on validation.
     clustered = res["clustered"]
     assert sum(clustered["clients_per_model"]) == 6

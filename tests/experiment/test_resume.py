@@ -36,6 +36,7 @@ TINY: dict[str, Any] = {
     "moe_plus": {"enabled": True, "ablation": True},
     "centralised": {"enabled": True, "epochs": 3},
     "clustered": {"enabled": True, "models": 2},
+    "moe_staged": {"enabled": True},
 }
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -79,7 +80,8 @@ def test_kill_and_resume_gives_identical_results(tmp_path: Path) -> None:
     # clustered federation: kill -9, resume.
     proc = _fedmoe("--config", str(cfg_file), "--out", str(broken))
     _kill_when(proc, checkpoints / "federate-progress.pt")
-    stages = ("federate", "finetune", "local", "moe", "moe-plus", "clustered-progress")
+    stages = ("federate", "finetune", "local", "moe", "moe-staged", "moe-plus")
+    stages += ("clustered-progress",)
     for marker in (f"{stage}.pt" for stage in (*stages, "clustered", "moe-ifca")):
         assert not (broken / "results.json").exists()
         _kill_when(_fedmoe("--resume", str(broken)), checkpoints / marker)

@@ -13,8 +13,9 @@ from fedmoe.experiment.sweep import parse_axis, run_sweep
 from .test_resume import FASHION
 from .test_resume import TINY as TINY_WITH_EXTRAS
 
-#: The paper's four methods only (the resume test also runs moe-plus and centralised).
-TINY = {k: v for k, v in TINY_WITH_EXTRAS.items() if k not in ("moe_plus", "centralised", "clustered")}
+#: The paper's four methods only (the resume test also runs the extra methods).
+EXTRAS = ("moe_plus", "centralised", "clustered", "moe_staged")
+TINY = {k: v for k, v in TINY_WITH_EXTRAS.items() if k not in EXTRAS}
 
 
 def test_grid_parsing_and_ranges() -> None:

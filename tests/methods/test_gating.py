@@ -8,9 +8,9 @@ import torch
 from fedmoe.engine import ClientData, EarlyStopping, OptimizerConfig, TrainConfig
 from fedmoe.methods.gating import (
     PRIOR_SCALE,
-    GateMixture,
     Experts,
     GateConfig,
+    GateMixture,
     cache_experts,
     evaluate_gate,
     fit_gate,

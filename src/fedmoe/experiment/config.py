@@ -183,6 +183,15 @@ class CentralisedSection:
 
 
 @dataclass(frozen=True)
+class MoeStagedSection:
+    """The paper's MoE trained with the staged schedule too (the gate alone with both
+    experts frozen, then specialist and gate jointly), reported as method
+    ``moe-staged`` beside the joint ``moe``."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
 class ClusteredSection:
     """IFCA-style clustered global models (``fedmoe.methods.fedavg``): ``models`` global
     models federated with the ``fedavg`` section's settings, each round's clients
@@ -224,6 +233,7 @@ class ExperimentConfig:
     moe_plus: MoePlusSection = field(default_factory=MoePlusSection)
     centralised: CentralisedSection = field(default_factory=CentralisedSection)
     clustered: ClusteredSection = field(default_factory=ClusteredSection)
+    moe_staged: MoeStagedSection = field(default_factory=MoeStagedSection)
 
     def validate(self) -> ExperimentConfig:
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
@@ -239,6 +249,11 @@ class ExperimentConfig:
         self.moe_plus.validate()
         self.centralised.validate()
         self.clustered.validate()
+        _check(
+            not self.moe_staged.enabled or self.personalise.moe_schedule == "joint",
+            "moe_staged.enabled compares the staged schedule with the joint one and needs "
+            "personalise.moe_schedule = 'joint'",
+        )
         gated = self.moe_plus.enabled or self.clustered.enabled
         _check(
             not gated or self.moe_plus.data == "train" or self.partition.val >= 2,

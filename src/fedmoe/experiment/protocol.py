@@ -11,7 +11,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +62,8 @@ from fedmoe.methods.fedavg import RoundRecord
 from fedmoe.methods.mixture import Mixture, combine
 from fedmoe.models import Network, Params, build_network, default_architecture
 
-#: The paper's methods, run in every experiment; ``moe-plus``, ``ifca``, ``moe-ifca``
-#: and ``centralised`` are added when the config enables them.
+#: The paper's methods, run in every experiment; ``moe-staged``, ``moe-plus``, ``ifca``,
+#: ``moe-ifca`` and ``centralised`` are added when the config enables them.
 METHODS = ("fedavg", "local", "finetune", "moe")
 
 #: ``progress(description, total)`` returns the callback a phase reports to.
@@ -228,6 +228,18 @@ def evaluate_mixture(
         parts.append((torch.sigmoid(logit), y, valid))
     g, y, valid = (torch.cat(t, 1) for t in zip(*parts, strict=True))
     return tally.result(data.n), gate_summary(g, y, valid, majority)
+
+
+def _evaluate_moe(
+    mix: PersonalisationResult, test: ClientData, global_test: ClientData, majority: torch.Tensor
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A trained MoE's accuracies and gate statistics on the local and global test sets."""
+    assert isinstance(mix.objective, Mixture)
+    accuracy, gate = {}, {}
+    for split, data in (("local_test", test), ("global_test", global_test)):
+        ev, gate[split] = evaluate_mixture(mix.objective, mix.params, data, majority)
+        accuracy[split] = summarise(ev.accuracy)
+    return accuracy, gate
 
 
 class _Timer:
@@ -410,17 +422,38 @@ def run_experiment(
                 "global_test": summarise(evaluate(objective, params, prep.global_test).accuracy),
             }
         majority = majority_mask(part, prep.dataset.num_classes, device)
-        assert isinstance(mix.objective, Mixture)
-        methods["moe"] = {}
-        for split, data in (("local_test", prep.test), ("global_test", prep.global_test)):
-            ev, gate[split] = evaluate_mixture(mix.objective, mix.params, data, majority)
-            methods["moe"][split] = summarise(ev.accuracy)
+        methods["moe"], gate = _evaluate_moe(mix, prep.test, prep.global_test, majority)
     epochs_run = {
         "finetune": ft.epochs.tolist(),
         "local": loc.epochs.tolist(),
         "moe": mix.epochs.tolist(),
     }
     extra: dict[str, Any] = {}
+    if cfg.moe_staged.enabled:
+        staged_cfg = replace(mcfg, schedule="staged")
+        with timer.phase("moe-staged"):
+            staged = _stage(
+                store,
+                "moe-staged",
+                mixture,
+                lambda: moe(
+                    net,
+                    prep.gate_net,
+                    fed.params,
+                    ft.params,
+                    prep.train,
+                    prep.val,
+                    clients,
+                    personalise_config(cfg, cfg.personalise.moe_lr),
+                    staged_cfg,
+                    cfg.seed,
+                    bar("MoE (staged) epochs", 2 * epochs),
+                ),
+            )
+            methods["moe-staged"], extra["gate_staged"] = _evaluate_moe(
+                staged, prep.test, prep.global_test, majority
+            )
+        epochs_run["moe-staged"] = staged.epochs.tolist()
     if cfg.moe_plus.enabled:
         with timer.phase("moe-plus"):
             plus = extras.run_moe_plus(

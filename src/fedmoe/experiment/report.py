@@ -674,6 +674,7 @@ def _pooled(sweep: Sweep, cell: Cell, method: str) -> list[float]:
 #: (method, results.json key, display name, file stem) of each mixture's gate plot.
 _GATES = (
     ("moe", "gate", "MoE", "gate"),
+    ("moe-staged", "gate_staged", "MoE (staged)", "gate_staged"),
     ("moe-plus", "gate_plus", "MoE+", "gate_plus"),
     ("moe-ifca", "gate_ifca", "MoE+ IFCA", "gate_ifca"),
 )

@@ -11,6 +11,7 @@ METHOD_LABELS = {
     "local": "Local",
     "finetune": "FT",
     "moe": "MoE",
+    "moe-staged": "MoE (staged)",
     "moe-plus": "MoE+",
     "ifca": "IFCA",
     "moe-ifca": "MoE+ IFCA",

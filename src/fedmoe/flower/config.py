@@ -116,7 +116,7 @@ def split_run_config(run_config: UserConfig) -> tuple[ExperimentConfig, FlowerOp
         raise ConfigError("run config key 'flower' must be a table")
     options = _typed(FlowerOptions, flower, "flower.").validate()
     cfg = from_dict(nested)
-    for section in ("moe_plus", "centralised", "clustered"):
+    for section in ("moe_staged", "moe_plus", "centralised", "clustered"):
         if getattr(cfg, section).enabled:
             raise ConfigError(
                 f"{section}.enabled: the Flower app runs FedAvg, Local, FT and MoE; "
