@@ -54,7 +54,7 @@ def test_small_run_is_complete_deterministic_and_respects_opt_out(tmp_path: Path
 
 
 @needs_fashion_mnist
-def test_extra_methods_moe_staged_moe_plus_clusters_and_the_centralised_bound(tmp_path: Path) -> None:
+def test_extra_methods_staged_plus_clustered_and_the_centralised_bound(tmp_path: Path) -> None:
     extra = {
         "moe_plus": {"enabled": True, "ablation": True},
         "centralised": {"enabled": True, "epochs": 3},

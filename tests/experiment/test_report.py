@@ -19,6 +19,7 @@ from fedmoe.experiment.plots import METHOD_LABELS
 from fedmoe.experiment.report import (
     ReportError,
     ablation_table,
+    accuracy,
     gate_means,
     read_sweep,
     write_report,
@@ -375,9 +376,17 @@ def test_ablation_table_lists_each_gate_variant_per_cell(tmp_path: Path) -> None
         }  # fmt: skip
         (run / "results.json").write_text(json.dumps(results))
     sweep = read_sweep(root)
-    assert ablation_table(sweep, "local_test").splitlines()[2:] == [
+    table = ablation_table(sweep, "local_test").splitlines()
+    assert table[2:4] == [
         "| best | **85.5 ± 0.7** | **90.5 ± 0.7** |",
         "| worse | 50.0 ± 0.0 | 50.0 ± 0.0 |",
+    ]
+    # Then the paper's MoE from the same runs (sweep.csv's rows).
+    moe = [accuracy(c, "moe", "local") for c in sweep.cells]
+    assert table[4:] == [
+        "| paper MoE, joint schedule (`moe`) | "
+        + " | ".join(f"{100 * s.mean:.1f} ± {100 * s.std:.1f}" for s in moe)
+        + " |"
     ]
     assert ablation_table(sweep, "global_test").splitlines()[3] == (
         "| worse | 61.0 ± 1.4 | 61.0 ± 1.4 |"

@@ -24,7 +24,7 @@ import json
 import math
 import re
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -802,18 +802,60 @@ def _ablation_labels(sweep: Sweep) -> list[str]:
     return labels
 
 
-def ablation_table(sweep: Sweep, split: str) -> str:
-    """Markdown table of the ``moe-plus`` ablation (runs with ``moe_plus.ablation``): one
-    row per gate variant, one column per cell, client-mean accuracy in percent as mean ±
-    std over seeds, the best variant of each column in bold; empty without ablations."""
+#: Rows the ablation table takes from other methods of the same runs.
+_METHOD_ROWS = (
+    ("moe-ifca", "the configured gate over the specialist, global and cluster (IFCA) models"),
+    ("ifca", "no gate: the client's best IFCA cluster model"),
+    ("moe", "paper MoE, joint schedule"),
+    ("moe-staged", "paper MoE, staged schedule (gate alone, then joint)"),
+)
+
+#: A row's accuracy in a cell on a split (``local_test`` or ``global_test``) over seeds.
+RowStat = Callable[[Sweep, Cell, str], Stat]
+
+
+def _variant_stat(label: str) -> RowStat:
+    def stat(sweep: Sweep, cell: Cell, split: str) -> Stat:
+        entries = [r.get("ablation", {}).get(label) for r in _runs(sweep, cell)]
+        return Stat.of([e[split]["mean"] for e in entries if e is not None])
+
+    return stat
+
+
+def _method_stat(method: str) -> RowStat:
+    def stat(sweep: Sweep, cell: Cell, split: str) -> Stat:
+        return accuracy(cell, method, split.removesuffix("_test"))
+
+    return stat
+
+
+def _ablation_rows(sweep: Sweep) -> list[tuple[str, RowStat]]:
+    """The ablation table's rows: each gate variant, then the methods of
+    :data:`_METHOD_ROWS` the sweep has; empty without gate variants."""
     labels = _ablation_labels(sweep)
     if not labels:
+        return []
+    rows = [(label, _variant_stat(label)) for label in labels]
+    rows += [
+        (f"{text} (`{method}`)", _method_stat(method))
+        for method, text in _METHOD_ROWS
+        if method in sweep.methods
+    ]
+    return rows
+
+
+def ablation_table(sweep: Sweep, split: str) -> str:
+    """Markdown table of the ``moe-plus`` ablation (runs with ``moe_plus.ablation``): one
+    row per gate variant and per related method (:data:`_METHOD_ROWS`), one column per
+    cell, client-mean accuracy in percent as mean ± std over seeds, the best row of each
+    column in bold; empty without ablations."""
+    rows = _ablation_rows(sweep)
+    if not rows:
         return ""
-    head = ["gate variant", *(_md(c.name) for c in sweep.cells)]
-    table = [[_md(label)] for label in labels]
+    head = ["variant", *(_md(c.name) for c in sweep.cells)]
+    table = [[_md(label)] for label, _ in rows]
     for cell in sweep.cells:
-        runs = [r.get("ablation", {}) for r in _runs(sweep, cell)]
-        stats = [Stat.of([r[v][split]["mean"] for r in runs if v in r]) for v in labels]
+        stats = [stat(sweep, cell, split) for _, stat in rows]
         best = max((round(100 * s.mean, 1) for s in stats if s.n), default=None)
         for row, stat in zip(table, stats, strict=True):
             bold = stat.n and round(100 * stat.mean, 1) == best
@@ -830,8 +872,11 @@ def _ablation_section(sweep: Sweep) -> str:
     return (
         "## MoE+ ablation\n\n"
         "The gate of `moe-plus` with each of its options switched in turn (first row: the "
-        "configured variant; last row: every option switched). Client-mean accuracy in "
-        "percent, mean ± std over seeds; the best variant of each column in bold.\n\n"
+        "configured variant; then each option switched, then every option switched), "
+        "then the related methods the runs have: the same gate over clustered global "
+        "models, the best cluster model alone, and the paper's MoE with each schedule. "
+        "Client-mean accuracy in percent, mean ± std over seeds; the best row of each "
+        "column in bold.\n\n"
         f"### On each client's local test set\n\n{local}\n\n"
         f"### On the global test set\n\n{ablation_table(sweep, 'global_test')}\n\n"
     )
