@@ -163,7 +163,9 @@ def partition_cmd(
 @app.command("run")
 def run_cmd(
     config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
-    preset: Annotated[str | None, typer.Option(help="Start from a preset: quick or paper.")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Start from a preset: quick, paper or paper-plus.")
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override: section.key=value.")
     ] = None,
@@ -223,7 +225,9 @@ def sweep_cmd(
     ],
     out: Annotated[Path, typer.Option(help="Sweep directory (runs/, sweep.csv, report.md).")],
     config: Annotated[Path | None, typer.Option(help="Base TOML config file.")] = None,
-    preset: Annotated[str | None, typer.Option(help="Base preset: quick or paper.")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Base preset: quick, paper or paper-plus.")
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Base override: section.key=value.")
     ] = None,

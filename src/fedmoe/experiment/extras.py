@@ -51,7 +51,7 @@ def gate_config(cfg: ExperimentConfig) -> GateConfig:
 
 
 @dataclass(frozen=True)
-class _Splits:
+class Splits:
     """Both experts' cached outputs on the train, validation, local-test and global-test
     splits, in that order."""
 
@@ -60,13 +60,18 @@ class _Splits:
     test: Experts
     global_test: Experts
 
-    def with_images(self, prep: Prepared) -> _Splits:
+    def _each(self) -> tuple[Experts, ...]:
+        return (self.train, self.val, self.test, self.global_test)
+
+    def with_images(self, prep: Prepared) -> Splits:
         """The same outputs with the raw inputs as the gate's inputs."""
         data = (prep.train, prep.val, prep.test, prep.global_test)
-        ours = (self.train, self.val, self.test, self.global_test)
-        return _Splits(
-            *(replace(ex, gate_in=image_inputs(d)) for ex, d in zip(ours, data, strict=True))
-        )
+        pairs = zip(self._each(), data, strict=True)
+        return Splits(*(replace(ex, gate_in=image_inputs(d)) for ex, d in pairs))
+
+    def without_clusters(self) -> Splits:
+        """The same outputs without the cluster models'."""
+        return Splits(*(replace(ex, log_pc=None) for ex in self._each()))
 
 
 def _gate_net(
@@ -102,7 +107,7 @@ class _Gating:
     def clients(self) -> torch.Tensor:
         return torch.arange(self.prep.partition.num_clients)
 
-    def fit(self, stage: str, label: str, config: GateConfig, splits: _Splits) -> dict[str, Any]:
+    def fit(self, stage: str, label: str, config: GateConfig, splits: Splits) -> dict[str, Any]:
         """Fit (or restore from ``store[stage][label]``) the gate ``config`` over
         ``splits`` and evaluate it: the results.json entry (options, accuracies, gate
         statistics, temperatures, epochs)."""
@@ -143,30 +148,28 @@ class _Gating:
         return entry
 
 
-def _splits(
+def cache_splits(
     prep: Prepared, global_params: Params, specialists: Params, clusters: Params | None = None
-) -> _Splits:
+) -> Splits:
+    """The frozen experts' outputs on every split, computed once for every gate."""
     data = (prep.train, prep.val, prep.test, prep.global_test)
-    return _Splits(
-        *(cache_experts(prep.net, specialists, global_params, d, clusters) for d in data)
-    )
+    return Splits(*(cache_experts(prep.net, specialists, global_params, d, clusters) for d in data))
 
 
 def run_moe_plus(
     cfg: ExperimentConfig,
     prep: Prepared,
-    global_params: Params,
-    specialists: Params,
+    splits: Splits,
     train_cfg: TrainConfig,
     store: Checkpoints,
     bar: Bar,
 ) -> dict[str, Any]:
     """Fit ``moe-plus`` (and, with ``moe_plus.ablation``, its variants) for every client
-    and evaluate them. Returns ``{"method", "gate", "epochs", "ablation"}`` entries for
-    results.json."""
+    over the specialist and the global expert of ``splits`` and evaluate them. Returns
+    ``{"method", "gate", "epochs", "ablation"}`` entries for results.json."""
     main = gate_config(cfg)
     variants = main.ablations() if cfg.moe_plus.ablation else {main.label: main}
-    features = _splits(prep, global_params, specialists)
+    features = splits.without_clusters()
     cached = {"features": features}
     if any(c.inputs == "image" for c in variants.values()):
         cached["image"] = features.with_images(prep)
@@ -188,8 +191,7 @@ def run_moe_plus(
 def run_moe_ifca(
     cfg: ExperimentConfig,
     prep: Prepared,
-    global_params: Params,
-    specialists: Params,
+    splits: Splits,
     clustered: FedAvgResult,
     train_cfg: TrainConfig,
     store: Checkpoints,
@@ -197,8 +199,8 @@ def run_moe_ifca(
 ) -> dict[str, Any]:
     """Evaluate ``ifca`` (each client's cluster model with the lowest validation loss)
     and fit ``moe-ifca`` (the ``moe-plus`` gate over the specialist, the global model
-    and the cluster models). Returns ``{"ifca", "method", "gate", "epochs",
-    "clustered"}`` entries for results.json."""
+    and the cluster models of ``splits``). Returns ``{"ifca", "method", "gate",
+    "epochs", "clustered"}`` entries for results.json."""
     clusters = clustered.params
     objective = Classifier(prep.net)
     chosen = best_models(objective, clusters, prep.val)
@@ -206,7 +208,6 @@ def run_moe_ifca(
     for split, data in (("local_test", prep.test), ("global_test", prep.global_test)):
         acc = evaluate_each(objective, clusters, data).accuracy
         ifca[split] = summarise(acc.gather(0, chosen.unsqueeze(0))[0])
-    splits = _splits(prep, global_params, specialists, clusters)
     config = gate_config(cfg)
     if config.inputs == "image":
         splits = splits.with_images(prep)

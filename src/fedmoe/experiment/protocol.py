@@ -454,35 +454,27 @@ def run_experiment(
                 staged, prep.test, prep.global_test, majority
             )
         epochs_run["moe-staged"] = staged.epochs.tolist()
+    clustered = None
+    if cfg.clustered.enabled:
+        with timer.phase("clustered"):
+            clustered = _federate(cfg, prep, store, bar, None, cfg.clustered.models)
+    if cfg.moe_plus.enabled or clustered is not None:
+        with timer.phase("cache-experts"):
+            splits = extras.cache_splits(
+                prep, fed.params, ft.params, None if clustered is None else clustered.params
+            )
+        gate_cfg = personalise_config(cfg, cfg.moe_plus.lr)
     if cfg.moe_plus.enabled:
         with timer.phase("moe-plus"):
-            plus = extras.run_moe_plus(
-                cfg,
-                prep,
-                fed.params,
-                ft.params,
-                personalise_config(cfg, cfg.moe_plus.lr),
-                store,
-                bar,
-            )
+            plus = extras.run_moe_plus(cfg, prep, splits, gate_cfg, store, bar)
         methods["moe-plus"] = plus["method"]
         epochs_run["moe-plus"] = plus["epochs"]
         extra["gate_plus"] = plus["gate"]
         if "ablation" in plus:
             extra["ablation"] = plus["ablation"]
-    if cfg.clustered.enabled:
-        with timer.phase("clustered"):
-            clustered = _federate(cfg, prep, store, bar, None, cfg.clustered.models)
-            ifca = extras.run_moe_ifca(
-                cfg,
-                prep,
-                fed.params,
-                ft.params,
-                clustered,
-                personalise_config(cfg, cfg.moe_plus.lr),
-                store,
-                bar,
-            )
+    if clustered is not None:
+        with timer.phase("moe-ifca"):
+            ifca = extras.run_moe_ifca(cfg, prep, splits, clustered, gate_cfg, store, bar)
         methods["ifca"] = ifca["ifca"]
         methods["moe-ifca"] = ifca["method"]
         epochs_run["moe-ifca"] = ifca["epochs"]
