@@ -63,7 +63,8 @@ QUICK: dict[str, Any] = {
 }
 
 #: The paper's sizes and personalisation, a tuned federated phase, and ``moe-plus`` (with
-#: its ablation) and the centralised upper bound added. FedAvg keeps the paper's
+#: its ablation), three IFCA cluster models with ``ifca`` and ``moe-ifca``, the paper's
+#: MoE with the staged schedule and the centralised upper bound added. FedAvg keeps the paper's
 #: communication budget (at most 500 rounds of 5 clients, 3 local epochs) with Adam at
 #: lr 1e-3 (paper: 5e-5) and patience 30 checks of 5 rounds without a min-delta. Measured
 #: at p=0.8, seed 0 (global-test accuracy of the best global model): lr 5e-5 67.1%, 3e-4
@@ -77,6 +78,8 @@ PAPER_PLUS: dict[str, Any] = {
         "stopping": {"check_every": 5, "patience": 30, "min_delta": 0.0},
     },
     "moe_plus": {"enabled": True, "ablation": True},
+    "clustered": {"enabled": True, "models": 3},
+    "moe_staged": {"enabled": True},
     "centralised": {"enabled": True},
 }
 
