@@ -11,7 +11,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -305,7 +305,7 @@ def _federate(
         {
             "params": fed.params,
             "best_round": fed.best_round,
-            "history": [asdict(r) for r in fed.history],
+            "history": [r.to_dict() for r in fed.history],
         },
     )
     return fed
@@ -507,7 +507,7 @@ def run_experiment(
         "fedavg": {
             "best_round": fed.best_round,
             "rounds_run": len(fed.history),
-            "history": [asdict(r) for r in fed.history],
+            "history": [r.to_dict() for r in fed.history],
         },
         "epochs": epochs_run,
         **extra,

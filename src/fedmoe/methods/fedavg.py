@@ -77,6 +77,13 @@ class RoundRecord:
     #: With several global models, the model each of ``clients`` trained.
     clusters: list[int] | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-able data (``clusters`` only with several models)."""
+        out = asdict(self)
+        if self.clusters is None:
+            del out["clusters"]
+        return out
+
 
 @dataclass
 class FedAvgServer:
@@ -171,7 +178,7 @@ class FedAvgServer:
             "best_params": self.best_params,
             "best_loss": self.best_loss,
             "best_round": self.best_round,
-            "history": [asdict(r) for r in self.history],
+            "history": [r.to_dict() for r in self.history],
             "wait": self._wait,
             "stopped": self.stopped,
         }
