@@ -389,10 +389,13 @@ def run_experiment(
         )
     mcfg = mixture_config(cfg)
     mixture = Mixture(net, prep.gate_net, fed.params, mcfg.pool)
-    with timer.phase("moe"):
-        mix = _stage(
+
+    def train_moe(stage: str, how: MixtureConfig, label: str) -> PersonalisationResult:
+        """The paper's MoE mixing ``how`` (FT's specialists, a fresh gate), as ``stage``."""
+        stages = 2 if how.schedule == "staged" else 1
+        return _stage(
             store,
-            "moe",
+            stage,
             mixture,
             lambda: moe(
                 net,
@@ -403,11 +406,14 @@ def run_experiment(
                 prep.val,
                 clients,
                 personalise_config(cfg, cfg.personalise.moe_lr),
-                mcfg,
+                how,
                 cfg.seed,
-                bar("MoE epochs", epochs),
+                bar(label, stages * epochs),
             ),
         )
+
+    with timer.phase("moe"):
+        mix = train_moe("moe", mcfg, "MoE epochs")
     models: dict[str, tuple[Objective, Params]] = {
         "fedavg": (Classifier(net), fed.params),
         "local": (loc.objective, loc.params),
@@ -430,26 +436,9 @@ def run_experiment(
     }
     extra: dict[str, Any] = {}
     if cfg.moe_staged.enabled:
-        staged_cfg = replace(mcfg, schedule="staged")
         with timer.phase("moe-staged"):
-            staged = _stage(
-                store,
-                "moe-staged",
-                mixture,
-                lambda: moe(
-                    net,
-                    prep.gate_net,
-                    fed.params,
-                    ft.params,
-                    prep.train,
-                    prep.val,
-                    clients,
-                    personalise_config(cfg, cfg.personalise.moe_lr),
-                    staged_cfg,
-                    cfg.seed,
-                    bar("MoE (staged) epochs", 2 * epochs),
-                ),
-            )
+            staged_cfg = replace(mcfg, schedule="staged")
+            staged = train_moe("moe-staged", staged_cfg, "MoE (staged) epochs")
             methods["moe-staged"], extra["gate_staged"] = _evaluate_moe(
                 staged, prep.test, prep.global_test, majority
             )
