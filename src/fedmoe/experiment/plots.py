@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -160,9 +161,7 @@ def plot_curves(
     for i, name in enumerate(style_labels):
         handles.append(Line2D([], [], color="black", linestyle=LINESTYLES[i % len(LINESTYLES)]))
         labels.append(name)
-    figure.legend(
-        handles, labels, loc="outside lower center", ncols=min(len(labels), 8), frameon=False
-    )
+    _legend(figure, handles, labels, 8)
     figure.suptitle(title, fontsize=12)
     return _save(figure, path)
 
@@ -248,15 +247,16 @@ def plot_local_vs_global(
         ax.set_xlabel("global-test accuracy (%)")
         ax.set_ylabel("local-test accuracy (%)")
         ax.grid(alpha=0.3)
-    figure.legend(
-        _method_handles(methods, line=False),
-        [method_label(m) for m in methods],
-        loc="outside lower center",
-        ncols=len(methods),
-        frameon=False,
-    )
+    _legend(figure, _method_handles(methods, line=False), [method_label(m) for m in methods])
     figure.suptitle(title, fontsize=12)
     return _save(figure, path)
+
+
+def _legend(figure: Figure, handles: Sequence[Artist], labels: list[str], columns: int = 4) -> None:
+    """The figure's legend below the panels, in rows of at most ``columns`` entries."""
+    figure.legend(
+        handles, labels, loc="outside lower center", ncols=min(len(labels), columns), frameon=False
+    )
 
 
 def _span(value: float, err: float) -> tuple[float, float]:
@@ -317,13 +317,7 @@ def plot_boxes(
         ax.set_ylabel("local-test accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
     handles = [Patch(facecolor=_method_style(m, methods)[0], alpha=0.6) for m in methods]
-    figure.legend(
-        handles,
-        [method_label(m) for m in methods],
-        loc="outside lower center",
-        ncols=len(methods),
-        frameon=False,
-    )
+    _legend(figure, handles, [method_label(m) for m in methods])
     figure.suptitle(title, fontsize=12)
     return _save(figure, path)
 
