@@ -94,8 +94,8 @@ def _gate_net(
 
 @dataclass(frozen=True)
 class _Gating:
-    """What every gate of a run shares: the clients, their label-prior ratio and
-    majority classes, the checkpoint store and the progress bars."""
+    """What every gate of a run shares: the config and prepared data, the gate's
+    training settings, the checkpoint store and the progress bars."""
 
     cfg: ExperimentConfig
     prep: Prepared
