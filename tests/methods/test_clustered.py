@@ -9,6 +9,7 @@ from fedmoe.engine import ClientData, EarlyStopping, OptimizerConfig, TrainConfi
 from fedmoe.engine.objective import Classifier
 from fedmoe.methods import FedAvgConfig, FedAvgServer, federate
 from fedmoe.methods.fedavg import best_models
+from fedmoe.methods.params import rows
 from fedmoe.models import build_network
 
 
@@ -53,7 +54,7 @@ def test_clustered_models_separate_clients_that_need_different_models() -> None:
     # Each group chose one model, and the two groups chose different ones.
     assert len(set(chosen[group == 0])) == 1 and len(set(chosen[group == 1])) == 1
     assert chosen[0] != chosen[1]
-    own = {n: p[torch.as_tensor(chosen)] for n, p in two.params.items()}
+    own = rows(two.params, torch.as_tensor(chosen))
     assert float(evaluate(objective, own, val).accuracy.mean()) > 0.9
     # A single global model cannot serve both groups.
     assert float(evaluate(objective, one.params, val).accuracy.mean()) < 0.75

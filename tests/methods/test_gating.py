@@ -19,6 +19,7 @@ from fedmoe.methods.gating import (
     log_prior_ratio,
     scaled,
 )
+from fedmoe.methods.params import rows
 from fedmoe.models import build_network
 
 
@@ -201,7 +202,7 @@ def test_cached_cluster_experts_are_each_models_outputs() -> None:
     ex = cache_experts(net, specialists, net.init(0, torch.tensor([0]), "g"), data, clusters)
     assert ex.log_pc is not None and ex.log_pc.shape == (2, 7, 3, 4) and ex.num_clusters == 3
     for m in range(3):
-        model = {n: p[m : m + 1] for n, p in clusters.items()}
+        model = rows(clusters, torch.tensor([m]))
         torch.testing.assert_close(ex.log_pc[1, :7, m], net.forward(model, x[5:12][None])[0])
         torch.testing.assert_close(ex.log_pc[0, :5, m], net.forward(model, x[:5][None])[0])
     shared = cache_experts(

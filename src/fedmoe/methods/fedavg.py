@@ -32,7 +32,7 @@ from fedmoe.engine import (
     train,
 )
 from fedmoe.engine.train import ProgressFn
-from fedmoe.methods.params import broadcast
+from fedmoe.methods.params import broadcast, rows
 from fedmoe.models import Network, Params
 
 
@@ -120,14 +120,14 @@ class FedAvgServer:
         if clusters is None:
             self.params = aggregate(updates, weights)
             return
-        rows = []
+        models = []
         for j in range(num_models(self.params)):
             chosen = torch.as_tensor(np.flatnonzero(clusters == j), device=weights.device)
             if len(chosen) == 0:
-                rows.append({n: p[j : j + 1] for n, p in self.params.items()})
+                models.append(rows(self.params, torch.tensor([j], device=chosen.device)))
             else:
-                rows.append(aggregate({n: u[chosen] for n, u in updates.items()}, weights[chosen]))
-        self.params = {n: torch.cat([r[n] for r in rows]) for n in self.params}
+                models.append(aggregate(rows(updates, chosen), weights[chosen]))
+        self.params = {n: torch.cat([m[n] for m in models]) for n in self.params}
 
     def validates(self, round_: int) -> bool:
         """Whether the global model is validated after ``round_``."""
@@ -203,8 +203,9 @@ def num_models(params: Params) -> int:
 def evaluate_each(objective: Classifier, params: Params, data: ClientData) -> Evaluation:
     """Each of ``params``'s global models evaluated on every client of ``data``:
     loss and accuracy ``(models, K)``."""
+    device = next(iter(params.values())).device
     evs = [
-        evaluate(objective, {n: p[j : j + 1] for n, p in params.items()}, data)
+        evaluate(objective, rows(params, torch.tensor([j], device=device)), data)
         for j in range(num_models(params))
     ]
     return Evaluation(
@@ -279,7 +280,7 @@ def federate(
             start = broadcast(server.params, len(clients))
         else:
             best = best_models(objective, server.params, cohort)
-            start = {n: p[best] for n, p in server.params.items()}
+            start = rows(server.params, best)
             chosen = best.tolist()
         result = train(objective, start, cohort, cfg.local, keys)
         server.aggregate(result.params, cohort.n, None if chosen is None else np.array(chosen))
