@@ -66,11 +66,19 @@ def make_grid() -> Iterator[Any]:
         grid.close()
 
 
-def test_in_process_run_equals_the_embedded_run(make_grid: Any) -> None:
-    cfg = config.from_dict(SMALL | {"dtype": "float64"})
+@pytest.mark.parametrize(
+    "moe_plus",
+    [
+        {"enabled": True},
+        {"enabled": True, "inputs": "image", "prior": False, "data": "train"},
+    ],
+)
+def test_in_process_run_equals_the_embedded_run(make_grid: Any, moe_plus: dict[str, Any]) -> None:
+    cfg = config.from_dict(SMALL | {"dtype": "float64", "moe_plus": moe_plus})
     flower = run_federation(make_grid(cfg), cfg, OPTIONS)
     embedded = run_experiment(cfg)
-    for name in METHODS:
+    assert set(flower["methods"]) == {*METHODS, "moe-plus"}
+    for name in flower["methods"]:
         for split in ("local_test", "global_test"):
             assert (
                 flower["methods"][name][split]["per_client"]
@@ -80,6 +88,7 @@ def test_in_process_run_equals_the_embedded_run(make_grid: Any) -> None:
         assert flower["fedavg"][key] == embedded["fedavg"][key]
     assert flower["epochs"] == embedded["epochs"]
     assert flower["gate"] == embedded["gate"]
+    assert flower["gate_plus"] == embedded["gate_plus"]
     assert flower["partition"]["opt_out"] == embedded["partition"]["opt_out"]
     assert flower["partition"]["majority"] == embedded["partition"]["majority"]
     # The partition's opt-out clients never trained and sent no parameters.

@@ -75,8 +75,12 @@ def test_bad_run_config_values_give_one_line_errors() -> None:
         split_run_config(flat | {"flower.round-timeout": 0})
     with pytest.raises(ConfigError, match=r"flower\.min-nodes must be of type int"):
         split_run_config(flat | {"flower.min-nodes": 2.5})
-    with pytest.raises(ConfigError, match=r"moe_plus\.enabled: the Flower app runs"):
-        split_run_config(flat | {"moe_plus.enabled": True})
+    with pytest.raises(ConfigError, match=r"moe_staged\.enabled: the Flower app runs"):
+        split_run_config(flat | {"moe_staged.enabled": True})
+    with pytest.raises(ConfigError, match=r"moe_plus\.ablation: the Flower app fits MoE\+"):
+        split_run_config(flat | {"moe_plus.enabled": True, "moe_plus.ablation": True})
+    cfg, _ = split_run_config(flat | {"moe_plus.enabled": True})
+    assert cfg.moe_plus.enabled
     with pytest.raises(ConfigError, match=r"clustered\.enabled: the Flower app runs"):
         split_run_config(flat | {"clustered.enabled": True})
 

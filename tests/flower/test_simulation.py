@@ -53,6 +53,7 @@ CONFIG: dict[str, Any] = {
         "moe_lr": 1e-3,
         "stopping": {"check_every": 2, "patience": 1},
     },
+    "moe_plus": {"enabled": True},
 }
 LOCAL_TOL, GLOBAL_TOL, LOSS_RTOL = 0.05, 0.002, 1e-4
 
@@ -109,7 +110,8 @@ def test_simulation_matches_embedded_run(tmp_path: Path, one_thread: None) -> No
     assert flower["epochs"] == embedded["epochs"]
 
     # Accuracies within the tolerance stated above.
-    for name in METHODS:
+    assert set(flower["methods"]) == {*METHODS, "moe-plus"}
+    for name in flower["methods"]:
         for split, tol in (("local_test", LOCAL_TOL), ("global_test", GLOBAL_TOL)):
             f_acc = flower["methods"][name][split]["per_client"]
             e_acc = embedded["methods"][name][split]["per_client"]

@@ -74,22 +74,32 @@ class Splits:
         return Splits(*(replace(ex, log_pc=None) for ex in self._each()))
 
 
-def _gate_net(
-    cfg: ExperimentConfig, prep: Prepared, config: GateConfig, clusters: int = 0
+def plus_gate_net(
+    cfg: ExperimentConfig,
+    net: Network,
+    gate_net: Network,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    config: GateConfig,
+    clusters: int = 0,
 ) -> Network:
-    outputs = 1 + clusters
+    """The gate network of ``moe-plus`` (``clusters`` > 0: of ``moe-ifca``): an MLP over
+    ``net``'s features, or the paper's gate architecture (``gate_net``) over the image."""
     if config.inputs == "image":
-        shape, arch = prep.dataset.input_shape, prep.gate_net.name.removesuffix("-gate")
+        shape, arch = input_shape, gate_net.name.removesuffix("-gate")
     else:
-        shape, arch = (prep.net.feature_size,), "mlp"
+        shape, arch = (net.feature_size,), "mlp"
     return build_network(
-        arch,
-        shape,
-        prep.dataset.num_classes,
-        gate=True,
-        dropout=cfg.dropout,
-        gate_outputs=outputs,
+        arch, shape, num_classes, gate=True, dropout=cfg.dropout, gate_outputs=1 + clusters
     )
+
+
+def gate_experts(
+    net: Network, specialists: Params, global_params: Params, data: ClientData, config: GateConfig
+) -> Experts:
+    """The frozen experts' outputs on ``data`` with the gate inputs ``config`` asks for."""
+    experts = cache_experts(net, specialists, global_params, data)
+    return replace(experts, gate_in=image_inputs(data)) if config.inputs == "image" else experts
 
 
 @dataclass(frozen=True)
@@ -113,10 +123,18 @@ class _Gating:
         statistics, temperatures, epochs)."""
         prep = self.prep
         prior = log_prior_ratio(prep.train, prep.dataset.num_classes)
-        gate_net = _gate_net(self.cfg, prep, config, splits.test.num_clusters)
+        gate_net = plus_gate_net(
+            self.cfg,
+            prep.net,
+            prep.gate_net,
+            prep.dataset.input_shape,
+            prep.dataset.num_classes,
+            config,
+            splits.test.num_clusters,
+        )
         saved = self.store.load(stage) or {}
         if label in saved:
-            fit = _restore(saved[label], config, gate_net, prep, prior)
+            fit = restored_gate(saved[label], config, gate_net, prep.dataset.num_classes, prior)
         else:
             fit = fit_gate(
                 prep.net,
@@ -130,7 +148,7 @@ class _Gating:
                 self.cfg.seed,
                 self.bar(f"{stage} ({label}) epochs", self.train_cfg.epochs),
             )
-            saved[label] = _state(fit)
+            saved[label] = gate_state(fit)
             self.store.save(stage, saved)
         majority = majority_mask(prep.partition, prep.dataset.num_classes, prep.train.x.device)
         entry: dict[str, Any] = {"options": asdict(config), "gate": {}}
@@ -229,7 +247,8 @@ def run_moe_ifca(
     }
 
 
-def _state(fit: FittedGate) -> dict[str, Any]:
+def gate_state(fit: FittedGate) -> dict[str, Any]:
+    """What :func:`restored_gate` needs to rebuild ``fit``: its tensors."""
     return {
         "params": fit.params,
         "t_specialist": fit.t_specialist,
@@ -240,18 +259,20 @@ def _state(fit: FittedGate) -> dict[str, Any]:
     }
 
 
-def _restore(
+def restored_gate(
     state: dict[str, Any],
     config: GateConfig,
     gate_net: Network,
-    prep: Prepared,
+    num_classes: int,
     prior: torch.Tensor,
 ) -> FittedGate:
+    """The fitted gate :func:`gate_state` saved (``prior``: the clients'
+    :func:`~fedmoe.methods.gating.log_prior_ratio`)."""
     t_clusters = state.get("t_clusters")
     clusters = 0 if t_clusters is None else int(t_clusters.shape[1])
     return FittedGate(
         config,
-        GateMixture(gate_net, prep.dataset.num_classes, clusters),
+        GateMixture(gate_net, num_classes, clusters),
         state["params"],
         state["t_specialist"],
         state["t_global"],

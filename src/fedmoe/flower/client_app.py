@@ -9,9 +9,10 @@ Messages it answers (``message_type``), and what it sends back:
   ``declined`` ConfigRecord, no parameters).
 - ``evaluate``: the received global model's loss and accuracy on its validation set
   (metrics only); an opt-out node declines.
-- ``train.personalise``: FT, Local and MoE from the received (best) global model; the
-  models, the mixture's specialist and gate included, stay in the node's state
-  (``context.state``); replies epochs and validation losses only.
+- ``train.personalise``: FT, Local and MoE (and MoE+ with ``moe_plus.enabled``) from
+  the received (best) global model; the models, the mixtures' specialist and gates
+  included, stay in the node's state (``context.state``); replies epochs and validation
+  losses only.
 - ``evaluate.personalise``: evaluates the models kept in its state on its local test
   set and the global test set; replies accuracies and gate statistics only.
 
@@ -47,16 +48,20 @@ from fedmoe.flower.messages import (
     UPDATE,
 )
 from fedmoe.flower.node import (
+    MOE_PLUS,
     Personalised,
     evaluate_models,
     local_update,
     mixture_reference,
+    moe_plus_reference,
     personalise,
     reference_params,
+    restore_moe_plus,
     validate,
 )
 from fedmoe.flower.node_data import NodeData, load_node_data
 from fedmoe.flower.records import number, params_from_record, params_to_record
+from fedmoe.methods.gating import FittedGate
 from fedmoe.models import Network, Params
 
 app = ClientApp()
@@ -155,6 +160,14 @@ def personalise_models(msg: Message, context: Context) -> Message:
     for name in ("finetune", "local", "moe"):
         state[STATE_PREFIX + name] = params_to_record(getattr(models, name))
     state[STATE_PREFIX + "epochs"] = MetricRecord(dict(models.epochs))
+    if models.moe_plus is not None:
+        plus = models.moe_plus
+        state[STATE_PREFIX + MOE_PLUS] = params_to_record(plus.params)
+        temperatures: dict[str, MetricRecordValues] = {
+            "specialist": float(plus.t_specialist[0]),
+            "global": float(plus.t_global[0]),
+        }
+        state[STATE_PREFIX + MOE_PLUS + ".temperature"] = MetricRecord(temperatures)
     values: dict[str, MetricRecordValues] = {f"epochs.{k}": v for k, v in models.epochs.items()}
     values |= {f"best-loss.{k}": v for k, v in models.best_loss.items()}
     return _reply(msg, {METRICS: MetricRecord(values)})
@@ -174,15 +187,34 @@ def evaluate_personalised(msg: Message, context: Context) -> Message:
         n: params_from_record(state.array_records[STATE_PREFIX + n], mix_ref if n == "moe" else ref)
         for n in names
     }
-    epochs = state.metric_records[STATE_PREFIX + "epochs"]
+    epochs = {
+        k: int(number(v, k)) for k, v in state.metric_records[STATE_PREFIX + "epochs"].items()
+    }
+    plus = None
+    if node.cfg.moe_plus.enabled:
+        plus = _restore_moe_plus(node, state, epochs[MOE_PLUS])
     models = Personalised(
         finetune=stored["finetune"],
         local=stored["local"],
         moe=stored["moe"],
-        epochs={k: int(number(v, k)) for k, v in epochs.items()},
+        epochs=epochs,
         best_loss={},
+        moe_plus=plus,
     )
     metrics = evaluate_models(
         node.cfg, node.data, node.net, node.gate_net, stored["global"], models
     )
     return _reply(msg, {METRICS: MetricRecord(dict(metrics.items()))})
+
+
+def _restore_moe_plus(node: _Node, state: RecordDict, epochs: int) -> FittedGate:
+    key = STATE_PREFIX + MOE_PLUS
+    if key not in state.array_records:
+        raise FedmoeError("this node holds no moe-plus gate for this run; personalise first")
+    ref = moe_plus_reference(node.cfg, node.data, node.net, node.gate_net)
+    params = params_from_record(state.array_records[key], ref)
+    t = state.metric_records[key + ".temperature"]
+    temperatures = (number(t["specialist"], "specialist"), number(t["global"], "global"))
+    return restore_moe_plus(
+        node.cfg, node.data, node.net, node.gate_net, params, temperatures, epochs
+    )

@@ -10,25 +10,38 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from fedmoe import rng
 from fedmoe.engine import Classifier, Objective, evaluate, train
 from fedmoe.experiment.config import ExperimentConfig
+from fedmoe.experiment.extras import gate_config, gate_experts, plus_gate_net, restored_gate
 from fedmoe.experiment.protocol import (
     evaluate_mixture,
     fedavg_config,
     mixture_config,
     personalise_config,
+    torch_dtype,
 )
+from fedmoe.experiment.summary import gate_summary
 from fedmoe.flower.node_data import NodeData
-from fedmoe.methods import Mixture, finetune, local, moe
+from fedmoe.methods import Mixture, PersonalisationResult, finetune, local, moe
+from fedmoe.methods.gating import (
+    PRIOR_SCALE,
+    FittedGate,
+    evaluate_gate,
+    fit_gate,
+    log_prior_ratio,
+)
 from fedmoe.methods.mixture import GATE, SPECIALIST
 from fedmoe.methods.params import prefixed
 from fedmoe.models import Network, Params
 
 PERSONALISED = ("finetune", "local", "moe")
+#: The method a node adds with ``moe_plus.enabled``.
+MOE_PLUS = "moe-plus"
 SPLITS = ("local_test", "global_test")
 GATE_GROUPS = ("all", "majority", "other")
 
@@ -48,6 +61,24 @@ def mixture_reference(
     return prefixed(reference_params(net, dtype, device), SPECIALIST) | prefixed(
         reference_params(gate_net, dtype, device), GATE
     )
+
+
+def moe_plus_net(cfg: ExperimentConfig, data: NodeData, net: Network, gate_net: Network) -> Network:
+    """The gate network ``moe-plus`` fits on this node."""
+    return plus_gate_net(cfg, net, gate_net, data.input_shape, data.num_classes, gate_config(cfg))
+
+
+def moe_plus_reference(
+    cfg: ExperimentConfig, data: NodeData, net: Network, gate_net: Network
+) -> Params:
+    """Reference for a fitted ``moe-plus`` gate's parameters (``gate.*``, and
+    ``prior.scale`` with ``moe_plus.prior``)."""
+    dtype, device = torch_dtype(cfg), data.train.x.device
+    plus_net = moe_plus_net(cfg, data, net, gate_net)
+    ref = prefixed(reference_params(plus_net, dtype, device), GATE)
+    if cfg.moe_plus.prior:
+        ref[PRIOR_SCALE] = torch.zeros(1, 1, dtype=dtype, device=device)
+    return ref
 
 
 def local_update(
@@ -71,13 +102,15 @@ def validate(net: Network, params: Params, data: NodeData) -> tuple[float, float
 class Personalised:
     """This client's personalised models (each with a client axis of length 1): the
     fine-tuned and the local model, the mixture's ``specialist.*`` and ``gate.*``, the
-    epochs each trained and its best validation loss."""
+    epochs each trained and its best validation loss; with ``moe_plus.enabled``, the
+    ``moe-plus`` gate fitted over the fine-tuned specialist and the global model."""
 
     finetune: Params
     local: Params
     moe: Params
     epochs: dict[str, int]
     best_loss: dict[str, float]
+    moe_plus: FittedGate | None = None
 
 
 def personalise(
@@ -87,7 +120,8 @@ def personalise(
     gate_net: Network,
     global_params: Params,
 ) -> Personalised:
-    """FT, Local and MoE for this client, as in the embedded protocol."""
+    """FT, Local and MoE (and ``moe-plus`` with ``moe_plus.enabled``) for this client, as
+    in the embedded protocol."""
     clients = torch.tensor([data.client])
     pcfg = personalise_config(cfg, cfg.personalise.lr)
     ft = finetune(net, global_params, data.train, data.val, clients, pcfg, cfg.seed)
@@ -104,13 +138,63 @@ def personalise(
         mixture_config(cfg),
         cfg.seed,
     )
-    results = {"finetune": ft, "local": loc, "moe": mix}
+    results: dict[str, PersonalisationResult | FittedGate] = {
+        "finetune": ft,
+        "local": loc,
+        "moe": mix,
+    }
+    plus = None
+    if cfg.moe_plus.enabled:
+        config = gate_config(cfg)
+        plus = fit_gate(
+            net,
+            moe_plus_net(cfg, data, net, gate_net),
+            gate_experts(net, ft.params, global_params, data.train, config),
+            gate_experts(net, ft.params, global_params, data.val, config),
+            log_prior_ratio(data.train, data.num_classes),
+            config,
+            personalise_config(cfg, cfg.moe_plus.lr),
+            clients,
+            cfg.seed,
+        )
+        results[MOE_PLUS] = plus
     return Personalised(
         finetune=ft.params,
         local=loc.params,
         moe=mix.params,
         epochs={name: int(r.epochs[0]) for name, r in results.items()},
         best_loss={name: float(r.best_loss[0]) for name, r in results.items()},
+        moe_plus=plus,
+    )
+
+
+def restore_moe_plus(
+    cfg: ExperimentConfig,
+    data: NodeData,
+    net: Network,
+    gate_net: Network,
+    params: Params,
+    temperatures: tuple[float, float],
+    epochs: int,
+) -> FittedGate:
+    """The ``moe-plus`` gate this node fitted, from its parameters, the specialist's and
+    the global expert's temperatures and the epochs it trained (its best stopping loss
+    is not kept: NaN)."""
+    dtype, device = torch.float64, data.train.x.device
+    one = torch.ones(1, dtype=dtype, device=device)
+    state = {
+        "params": params,
+        "t_specialist": one * temperatures[0],
+        "t_global": one * temperatures[1],
+        "epochs": torch.tensor([epochs], device=device),
+        "best_loss": one * math.nan,
+    }
+    return restored_gate(
+        state,
+        gate_config(cfg),
+        moe_plus_net(cfg, data, net, gate_net),
+        data.num_classes,
+        log_prior_ratio(data.train, data.num_classes),
     )
 
 
@@ -122,9 +206,10 @@ def evaluate_models(
     global_params: Params,
     models: Personalised,
 ) -> dict[str, float]:
-    """Accuracy of FedAvg, Local, FT and MoE on the local and the global test set
-    (``"<method>.<split>"``) and the mixture's mean gate weight on the specialist
-    (``"gate.<split>.<all|majority|other>"``, NaN where the group is empty)."""
+    """Accuracy of FedAvg, Local, FT and MoE (and ``moe-plus``, if fitted) on the local
+    and the global test set (``"<method>.<split>"``) and the mixtures' mean gate weight
+    on the specialist (``"gate.<split>.<all|majority|other>"``, ``"gate-plus..."`` for
+    ``moe-plus``; NaN where the group is empty)."""
     mixture = Mixture(net, gate_net, global_params, cfg.personalise.pool)
     objectives: dict[str, tuple[Objective, Params]] = {
         "fedavg": (Classifier(net), global_params),
@@ -141,7 +226,22 @@ def evaluate_models(
             metrics[f"{name}.{split}"] = float(evaluate(objective, params, split_data).accuracy[0])
         ev, gate = evaluate_mixture(mixture, models.moe, split_data, majority)
         metrics[f"moe.{split}"] = float(ev.accuracy[0])
-        for group in GATE_GROUPS:
-            value = gate[group][0]
-            metrics[f"gate.{split}.{group}"] = math.nan if value is None else float(value)
+        metrics |= _gate_metrics("gate", split, gate)
+        if models.moe_plus is not None:
+            config = models.moe_plus.config
+            experts = gate_experts(net, models.finetune, global_params, split_data, config)
+            ev, g = evaluate_gate(models.moe_plus, experts)
+            metrics[f"{MOE_PLUS}.{split}"] = float(ev.accuracy[0])
+            gate = gate_summary(g, experts.y, experts.valid(), majority)
+            metrics |= _gate_metrics("gate-plus", split, gate)
     return metrics
+
+
+def _gate_metrics(prefix: str, split: str, gate: dict[str, Any]) -> dict[str, float]:
+    """One client's gate statistics (:func:`~fedmoe.experiment.summary.gate_summary`)
+    as ``"<prefix>.<split>.<group>"`` metrics."""
+    values = {}
+    for group in GATE_GROUPS:
+        value = gate[group][0]
+        values[f"{prefix}.{split}.{group}"] = math.nan if value is None else float(value)
+    return values

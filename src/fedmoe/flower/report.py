@@ -25,7 +25,7 @@ from fedmoe.experiment.config import ExperimentConfig, to_dict
 from fedmoe.experiment.protocol import METHODS
 from fedmoe.experiment.summary import summarise
 from fedmoe.flower.messages import METRICS
-from fedmoe.flower.node import GATE_GROUPS, PERSONALISED, SPLITS
+from fedmoe.flower.node import GATE_GROUPS, MOE_PLUS, PERSONALISED, SPLITS
 from fedmoe.flower.records import number
 from fedmoe.flower.roster import Roster
 from fedmoe.methods import FedAvgServer
@@ -60,16 +60,22 @@ def flower_results(
     def column(key: str) -> torch.Tensor:
         return torch.tensor([metrics[c][key] for c in clients], dtype=torch.float64)
 
+    names = (*METHODS, MOE_PLUS) if cfg.moe_plus.enabled else METHODS
     methods = {
-        name: {split: summarise(column(f"{name}.{split}")) for split in SPLITS} for name in METHODS
+        name: {split: summarise(column(f"{name}.{split}")) for split in SPLITS} for name in names
     }
-    gate = {
-        split: {
-            group: [_finite_or_none(metrics[c][f"gate.{split}.{group}"]) for c in clients]
-            for group in GATE_GROUPS
+
+    def gate(prefix: str) -> dict[str, Any]:
+        return {
+            split: {
+                group: [_finite_or_none(metrics[c][f"{prefix}.{split}.{group}"]) for c in clients]
+                for group in GATE_GROUPS
+            }
+            for split in SPLITS
         }
-        for split in SPLITS
-    }
+
+    personalised = (*PERSONALISED, MOE_PLUS) if cfg.moe_plus.enabled else PERSONALISED
+    extra = {"gate_plus": gate("gate-plus")} if cfg.moe_plus.enabled else {}
     ref = roster.first()
     lost = sorted({i.client for i in roster.nodes.values()} - set(clients))
     return {
@@ -92,7 +98,7 @@ def flower_results(
         },
         "moe_pool": cfg.personalise.pool,
         "methods": methods,
-        "gate": gate,
+        "gate": gate("gate"),
         "fedavg": {
             "best_round": server.best_round,
             "rounds_run": len(server.history),
@@ -108,8 +114,9 @@ def flower_results(
             ],
         },
         "epochs": {
-            name: [int(trained[c][f"epochs.{name}"]) for c in clients] for name in PERSONALISED
+            name: [int(trained[c][f"epochs.{name}"]) for c in clients] for name in personalised
         },
+        **extra,
         "timing_s": timing,
         "versions": {
             "fedmoe": fedmoe.__version__,
