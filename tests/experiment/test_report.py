@@ -408,7 +408,11 @@ def test_setup_lists_config_keys_that_differ_with_missing_keys_at_their_default(
 
     # Written by an older fedmoe without the section vs the section at its defaults.
     edit(runs[0], "moe_plus", {"enabled": False})
-    setup = [line for line in write_report(root).read_text().splitlines() if "differ" in line]
+    setup = [
+        line
+        for line in write_report(root).read_text().splitlines()
+        if line.startswith("- Config entries")
+    ]
     assert setup == [
         "- Config entries that differ between runs besides the grid and the seed: none"
     ]
@@ -433,3 +437,53 @@ def test_moe_plus_gets_its_own_gate_plot(tmp_path: Path) -> None:
     assert "### MoE+ gate weight on the specialist" in text
     assert (root / "plots" / "gate_plus.png").read_bytes().startswith(PNG)
     assert gate_means(json.loads((run / "results.json").read_text()), "gate_plus") == (0.9, 0.2)
+
+
+def test_paired_differences_are_per_seed_differences_of_the_same_runs(tmp_path: Path) -> None:
+    root = make_sweep(tmp_path / "s", {"p": ["0.5", "1.0"]}, [0, 1, 2])
+    with (root / "sweep.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    # Seed 2's MoE falls behind FT at p = 0.5 (in sweep.csv and its results.json): the
+    # count of seeds ahead must say so.
+    key = ("p=0.5", "2")
+    (moe,) = [r for r in rows if (r["cell"], r["seed"], r["method"]) == (*key, "moe")]
+    (ft,) = [r for r in rows if (r["cell"], r["seed"], r["method"]) == (*key, "finetune")]
+    delta = float(moe["local_test_acc"]) - float(ft["local_test_acc"]) + 0.05
+    moe["local_test_acc"] = repr(float(moe["local_test_acc"]) - delta)
+    results_path = root / moe["run"] / "results.json"
+    results = json.loads(results_path.read_text())
+    local = results["methods"]["moe"]["local_test"]
+    local["per_client"] = [v - delta for v in local["per_client"]]
+    results_path.write_text(json.dumps(results))
+    with (root / "sweep.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def acc(cell: str, seed: int, method: str, split: str) -> float:
+        (row,) = [
+            r for r in rows if (r["cell"], r["seed"], r["method"]) == (cell, str(seed), method)
+        ]
+        return float(row[f"{split}_test_acc"])
+
+    text = write_report(root).read_text()
+    assert "| p | MoE - FT | MoE - Local |" in text
+    assert "| p | MoE - FedAvg | MoE - FT |" in text
+    ahead_of: dict[tuple[str, str, str], int] = {}
+    for cell, p in (("p=0.5", "0.5"), ("p=1.0", "1.0")):
+        for split, baselines in (
+            ("local", ("finetune", "local")),
+            ("global", ("fedavg", "finetune")),
+        ):
+            entries = []
+            for b in baselines:
+                diffs = [
+                    100 * (acc(cell, s, "moe", split) - acc(cell, s, b, split)) for s in range(3)
+                ]
+                ahead = ahead_of[cell, split, b] = sum(d > 0 for d in diffs)
+                entries.append(
+                    f"{statistics.fmean(diffs):+.2f} ± {statistics.stdev(diffs):.2f} ({ahead}/3)"
+                )
+            assert f"| {p} | {entries[0]} | {entries[1]} |" in text, (split, entries)
+    assert ahead_of["p=0.5", "local", "finetune"] == 2
+    assert ahead_of["p=1.0", "local", "finetune"] == 3

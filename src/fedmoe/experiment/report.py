@@ -32,6 +32,7 @@ from typing import Any
 from fedmoe.errors import FedmoeError
 from fedmoe.experiment import plots
 from fedmoe.experiment.config import ExperimentConfig, to_dict
+from fedmoe.experiment.paired import paired_section
 from fedmoe.experiment.plots import BarPanel, BoxPanel, Curve, ScatterPoint, method_label
 from fedmoe.experiment.sweep_format import ALIASES, COLUMNS
 
@@ -988,6 +989,7 @@ def render(sweep: Sweep, found: Sequence[Plot | Skipped]) -> str:
         f"{accuracy_table(sweep, 'local')}\n\n"
         "### On the global test set\n\n"
         f"{accuracy_table(sweep, 'global')}\n\n"
+        f"{paired_section(sweep)}"
         f"{_ablation_section(sweep)}"
         "## Plots\n\n"
         f"{_plots_section(found)}"
