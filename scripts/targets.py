@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 from fedmoe.errors import FedmoeError
-from fedmoe.experiment.report import Cell, read_sweep
 from fedmoe.experiment.sweep_format import METHOD_LABELS
+from fedmoe.experiment.sweep_results import Cell, read_sweep
 
 FEDERATION_REACH = (0.5, 0.6, 0.7, 0.8, 0.9)
 

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from fedmoe.experiment.sweep_format import METHOD_LABELS
-
-if TYPE_CHECKING:
-    from fedmoe.experiment.report import Cell, Row, Sweep
+from fedmoe.experiment.sweep_results import Cell, Row, Sweep
 
 #: The mixtures compared, in report order.
 MIXTURES = ("moe", "moe-staged", "moe-plus", "moe-ifca")
