@@ -14,22 +14,21 @@ many seeds each cell has (a target is only established with 3).
 
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
 from fedmoe.errors import FedmoeError
 from fedmoe.experiment.sweep_format import METHOD_LABELS
-from fedmoe.experiment.sweep_results import Cell, read_sweep
+from fedmoe.experiment.sweep_results import Cell, accuracy, read_sweep
 
 FEDERATION_REACH = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def _mean(cell: Cell, method: str, split: str) -> float:
-    rows = [r for r in cell.rows if r.method == method]
-    if not rows:
+    stat = accuracy(cell, method, split)
+    if not stat.n:
         raise FedmoeError(f"cell {cell.name} has no {method!r} rows")
-    return 100 * statistics.fmean(r.local_acc if split == "local" else r.global_acc for r in rows)
+    return 100 * stat.mean
 
 
 def _verdict(ok: bool) -> str:

@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Sequence
 
 from fedmoe.experiment.sweep_format import METHOD_LABELS
-from fedmoe.experiment.sweep_results import Cell, Row, Sweep
+from fedmoe.experiment.sweep_results import Cell, Sweep
 
 #: The mixtures compared, in report order.
 MIXTURES = ("moe", "moe-staged", "moe-plus", "moe-ifca")
@@ -24,16 +24,14 @@ MIXTURES = ("moe", "moe-staged", "moe-plus", "moe-ifca")
 BASELINES = {"local": ("finetune", "local"), "global": ("fedavg", "finetune")}
 
 
-def _value(row: Row, split: str) -> float:
-    return row.local_acc if split == "local" else row.global_acc
-
-
 def differences(cell: Cell, method: str, baseline: str, split: str) -> list[float]:
     """``method`` minus ``baseline`` (accuracy in [0, 1]) on ``split`` (``local`` or
     ``global``) for each seed of ``cell`` that ran both, in seed order."""
     ours = {r.seed: r for r in cell.rows if r.method == method}
     theirs = {r.seed: r for r in cell.rows if r.method == baseline}
-    return [_value(ours[s], split) - _value(theirs[s], split) for s in sorted(ours.keys() & theirs)]
+    return [
+        ours[s].accuracy(split) - theirs[s].accuracy(split) for s in sorted(ours.keys() & theirs)
+    ]
 
 
 def _entry(diffs: Sequence[float]) -> str:

@@ -79,6 +79,10 @@ class Row:
     global_acc: float
     run: str
 
+    def accuracy(self, split: str) -> float:
+        """The client-mean accuracy on ``split`` (``local`` or ``global``)."""
+        return self.local_acc if split == "local" else self.global_acc
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -370,7 +374,7 @@ def accuracy(cell: Cell, method: str, split: str) -> Stat:
     """Client-mean accuracy (in [0, 1]) of a method in a cell over seeds, from sweep.csv;
     ``split`` is ``local`` or ``global``."""
     rows = [r for r in cell.rows if r.method == method]
-    return Stat.of([r.local_acc if split == "local" else r.global_acc for r in rows])
+    return Stat.of([r.accuracy(split) for r in rows])
 
 
 def runs_of(sweep: Sweep, cell: Cell) -> list[dict[str, Any]]:
