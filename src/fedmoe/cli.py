@@ -232,20 +232,34 @@ def sweep_cmd(
         list[str] | None, typer.Option("--set", help="Base override: section.key=value.")
     ] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per cell (base seed + 0, 1, ...).")] = 1,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="Torch threads for this process (default: torch's choice); with several "
+            "workers on one machine give each 1."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Run a grid of configs x seeds; finished runs are skipped, interrupted ones resume."""
+    """Run a grid of configs x seeds; finished runs are skipped, interrupted ones resume.
+    Several workers may share one --out: each skips the runs another is running."""
     from fedmoe.experiment import config as cfgmod
     from fedmoe.experiment.presets import preset as get_preset
     from fedmoe.experiment.report import write_report
     from fedmoe.experiment.sweep import parse_axis, run_sweep
     from fedmoe.progress import progress_bars
 
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
     base: dict[str, Any] = get_preset(preset) if preset else {}
     if config is not None:
         base = _merge(base, cfgmod.load(config))
     base = cfgmod.apply_overrides(base, set_ or [])
     axes = [parse_axis(item) for item in grid]
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     with progress_bars(console, enabled=not quiet) as bars:
         path = run_sweep(base, axes, seeds, out, bars, log=console.print)
     console.print(f"sweep table written to {path}")

@@ -85,3 +85,108 @@ def test_sweep_runs_every_cell_for_one_seed_before_the_next(
     monkeypatch.setattr(sweep.rundir, "run_in", lambda d, cfg, progress=None: ran.append(d.name))
     run_sweep(TINY, [parse_axis("p=0.5,1.0")], 2, tmp_path, log=lambda _: None)
     assert ran == ["p=0.5-s0", "p=1.0-s0", "p=0.5-s1", "p=1.0-s1"]
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
+def test_workers_sharing_a_sweep_skip_the_runs_another_holds(tmp_path: Path) -> None:
+    from fedmoe.experiment import rundir
+
+    base = {**TINY, "fedavg": {**TINY["fedavg"], "rounds": 2}}
+    axes = [parse_axis("p=0.5,1.0")]
+    logs: list[str] = []
+    with rundir.claim(tmp_path / "runs" / "p=1.0-s0"):
+        path = run_sweep(base, axes, 1, tmp_path, log=logs.append)
+    assert any("p=1.0 seed 0: another worker is running it, skipped" in x for x in logs)
+    assert any("1 run(s) still running in other workers" in x for x in logs)
+    assert {r["p"] for r in csv.DictReader(path.open())} == {"0.5"}
+    logs.clear()
+    run_sweep(base, axes, 1, tmp_path, log=logs.append)
+    assert sum("skipped" in x for x in logs) == 1
+    assert {r["p"] for r in csv.DictReader(path.open())} == {"0.5", "1.0"}
+
+
+def _cli_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    from fedmoe.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    return err
+
+
+def test_a_directory_held_by_another_process_is_refused_until_it_dies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fedmoe.experiment import rundir
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from fedmoe.experiment.rundir import claim\n"
+            "with claim(Path(sys.argv[1])):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(600)\n",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        with pytest.raises(rundir.Busy, match=f"pid {holder.pid}"), rundir.claim(run):
+            pass
+        err = _cli_error(capsys, "run", "--preset", "quick", "--quiet", "--out", str(run))
+        assert f"in use by another fedmoe process (pid {holder.pid})" in err
+        (run / "config.toml").write_text("")
+        assert "in use by another" in _cli_error(capsys, "run", "--resume", str(run))
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    # A killed holder leaves its lock file behind but no lock: the directory is free.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with rundir.claim(run):
+                break
+        except rundir.Busy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
+def test_sweep_command_sets_the_worker_threads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import torch
+
+    from fedmoe.cli import main
+    from fedmoe.experiment import config
+
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(config.dumps_toml({**TINY, "fedavg": {**TINY["fedavg"], "rounds": 2}}))
+    args = ["sweep", "--config", str(toml), "--grid", "p=0.5", "--quiet", "--out"]
+    assert "--threads must be at least 1, got 0" in _cli_error(
+        capsys, *args, str(tmp_path / "s"), "--threads", "0"
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        main([*args, str(tmp_path / "s"), "--threads", "1"])
+        results = json.loads((tmp_path / "s" / "runs" / "p=0.5-s0" / "results.json").read_text())
+        assert results["threads"] == 1
+    finally:
+        torch.set_num_threads(before)

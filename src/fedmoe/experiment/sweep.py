@@ -3,6 +3,8 @@
 ``DIR/runs/<cell>-s<seed>/`` is one run (see :mod:`fedmoe.experiment.rundir`);
 finished runs are skipped when the sweep is run again, interrupted ones resume from
 their checkpoints. ``DIR/sweep.csv`` has one row per (cell, seed, method).
+Several workers may run the same sweep on one directory at once (one per core or
+device): each skips the runs another worker holds.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def run_sweep(
 ) -> Path:
     """Run every cell of the grid for ``seeds`` seeds (``base`` seed + 0, 1, ...; every
     cell for one seed before the next seed), skip finished runs, resume interrupted ones,
-    and write ``out/sweep.csv``. Every cell's
+    skip those another process is running, and write ``out/sweep.csv``. Every cell's
     config is validated before the first run starts."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
@@ -109,14 +111,27 @@ def run_sweep(
             cfg = cfgmod.from_dict(cfgmod.apply_overrides(base, overrides))
             plan.append((cell, cfg, out / "runs" / f"{cell_name(cell)}-s{cfg.seed}"))
     table = [(c, d) for c, _, d in sorted(plan, key=lambda r: (cells.index(r[0]), r[1].seed))]
+    elsewhere = []
     for n, (cell, cfg, run_dir) in enumerate(plan, 1):
         label = f"[{n}/{len(plan)}] {cell_name(cell)} seed {cfg.seed}"
         if rundir.is_finished(run_dir):
             log(f"{label}: finished before, skipped")
             continue
         log(f"{label}: running in {run_dir}")
-        rundir.run_in(run_dir, cfg, progress)
+        try:
+            rundir.run_in(run_dir, cfg, progress)
+        except rundir.Finished:
+            log(f"{label}: finished by another worker, skipped")
+        except rundir.Busy:
+            log(f"{label}: another worker is running it, skipped")
+            elsewhere.append(run_dir)
         write_csv(out, axes, table)
+    unfinished = [d for d in elsewhere if not rundir.is_finished(d)]
+    if unfinished:
+        log(
+            f"{len(unfinished)} run(s) still running in other workers; sweep.csv and the "
+            "report will be complete when the last worker ends"
+        )
     return write_csv(out, axes, table)
 
 
