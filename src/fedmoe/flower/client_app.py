@@ -53,6 +53,7 @@ from fedmoe.flower.node import (
     evaluate_models,
     local_update,
     mixture_reference,
+    moe_plus_net,
     moe_plus_reference,
     personalise,
     reference_params,
@@ -211,10 +212,10 @@ def _restore_moe_plus(node: _Node, state: RecordDict, epochs: int) -> FittedGate
     key = STATE_PREFIX + MOE_PLUS
     if key not in state.array_records:
         raise FedmoeError("this node holds no moe-plus gate for this run; personalise first")
-    ref = moe_plus_reference(node.cfg, node.data, node.net, node.gate_net)
-    params = params_from_record(state.array_records[key], ref)
+    plus_net = moe_plus_net(node.cfg, node.data, node.net, node.gate_net)
+    params = params_from_record(
+        state.array_records[key], moe_plus_reference(node.cfg, node.data, plus_net)
+    )
     t = state.metric_records[key + ".temperature"]
     temperatures = (number(t["specialist"], "specialist"), number(t["global"], "global"))
-    return restore_moe_plus(
-        node.cfg, node.data, node.net, node.gate_net, params, temperatures, epochs
-    )
+    return restore_moe_plus(node.cfg, node.data, plus_net, params, temperatures, epochs)

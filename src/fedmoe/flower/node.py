@@ -68,13 +68,10 @@ def moe_plus_net(cfg: ExperimentConfig, data: NodeData, net: Network, gate_net: 
     return plus_gate_net(cfg, net, gate_net, data.input_shape, data.num_classes, gate_config(cfg))
 
 
-def moe_plus_reference(
-    cfg: ExperimentConfig, data: NodeData, net: Network, gate_net: Network
-) -> Params:
-    """Reference for a fitted ``moe-plus`` gate's parameters (``gate.*``, and
-    ``prior.scale`` with ``moe_plus.prior``)."""
+def moe_plus_reference(cfg: ExperimentConfig, data: NodeData, plus_net: Network) -> Params:
+    """Reference for the parameters of a fitted ``moe-plus`` gate over ``plus_net``
+    (``gate.*``, and ``prior.scale`` with ``moe_plus.prior``)."""
     dtype, device = torch_dtype(cfg), data.train.x.device
-    plus_net = moe_plus_net(cfg, data, net, gate_net)
     ref = prefixed(reference_params(plus_net, dtype, device), GATE)
     if cfg.moe_plus.prior:
         ref[PRIOR_SCALE] = torch.zeros(1, 1, dtype=dtype, device=device)
@@ -171,13 +168,13 @@ def personalise(
 def restore_moe_plus(
     cfg: ExperimentConfig,
     data: NodeData,
-    net: Network,
-    gate_net: Network,
+    plus_net: Network,
     params: Params,
     temperatures: tuple[float, float],
     epochs: int,
 ) -> FittedGate:
-    """The ``moe-plus`` gate this node fitted, from its parameters, the specialist's and
+    """The ``moe-plus`` gate this node fitted over ``plus_net`` (:func:`moe_plus_net`),
+    from its parameters, the specialist's and
     the global expert's temperatures and the epochs it trained (its best stopping loss
     is not kept: NaN)."""
     dtype, device = torch.float64, data.train.x.device
@@ -192,7 +189,7 @@ def restore_moe_plus(
     return restored_gate(
         state,
         gate_config(cfg),
-        moe_plus_net(cfg, data, net, gate_net),
+        plus_net,
         data.num_classes,
         log_prior_ratio(data.train, data.num_classes),
     )
