@@ -82,7 +82,9 @@ def test_sweep_runs_every_cell_for_one_seed_before_the_next(
     from fedmoe.experiment import sweep
 
     ran: list[str] = []
-    monkeypatch.setattr(sweep.rundir, "run_in", lambda d, cfg, progress=None: ran.append(d.name))
+    monkeypatch.setattr(
+        sweep.rundir, "run_claimed", lambda d, cfg, progress=None: ran.append(d.name)
+    )
     run_sweep(TINY, [parse_axis("p=0.5,1.0")], 2, tmp_path, log=lambda _: None)
     assert ran == ["p=0.5-s0", "p=1.0-s0", "p=0.5-s1", "p=1.0-s1"]
 

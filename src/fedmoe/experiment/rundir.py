@@ -36,10 +36,6 @@ class Busy(ConfigError):
     """Another process is running in the directory."""
 
 
-class Finished(ConfigError):
-    """The directory holds a finished run."""
-
-
 @contextmanager
 def claim(directory: Path) -> Iterator[None]:
     """Hold ``directory`` for this process while the block runs; :class:`Busy` if
@@ -73,24 +69,30 @@ def run_in(
     directory: Path, cfg: ExperimentConfig, progress: ProgressFactory | None = None
 ) -> dict[str, Any]:
     """Run ``cfg`` with its outputs in ``directory``, resuming if the directory holds an
-    interrupted run of the same config; a different or finished run there is an error
-    (:class:`Finished` for a finished one), and so is a directory another process is
-    running in (:class:`Busy`)."""
-    config_file = directory / CONFIG
+    interrupted run of the same config; a different or finished run there is an error,
+    and so is a directory another process is running in (:class:`Busy`)."""
     with claim(directory):
-        if is_finished(directory):
-            raise Finished(f"{directory} already holds finished results; choose another --out")
-        if config_file.exists():
-            if _load(config_file) != cfg:
-                raise ConfigError(
-                    f"{directory} holds an interrupted run of another config; "
-                    f"use 'fedmoe run --resume {directory}' or another --out"
-                )
-        else:
-            tmp = directory / f".{CONFIG}.tmp"
-            tmp.write_text(cfgmod.dumps_toml(cfgmod.to_dict(cfg)))
-            tmp.replace(config_file)
-        return _finish(directory, cfg, progress)
+        return run_claimed(directory, cfg, progress)
+
+
+def run_claimed(
+    directory: Path, cfg: ExperimentConfig, progress: ProgressFactory | None = None
+) -> dict[str, Any]:
+    """:func:`run_in` for a caller that holds :func:`claim` of ``directory``."""
+    config_file = directory / CONFIG
+    if is_finished(directory):
+        raise ConfigError(f"{directory} already holds finished results; choose another --out")
+    if config_file.exists():
+        if _load(config_file) != cfg:
+            raise ConfigError(
+                f"{directory} holds an interrupted run of another config; "
+                f"use 'fedmoe run --resume {directory}' or another --out"
+            )
+    else:
+        tmp = directory / f".{CONFIG}.tmp"
+        tmp.write_text(cfgmod.dumps_toml(cfgmod.to_dict(cfg)))
+        tmp.replace(config_file)
+    return _finish(directory, cfg, progress)
 
 
 def resume(directory: Path, progress: ProgressFactory | None = None) -> dict[str, Any]:
@@ -100,7 +102,7 @@ def resume(directory: Path, progress: ProgressFactory | None = None) -> dict[str
         raise ConfigError(f"{directory}: no {CONFIG} here, so there is no run to resume")
     with claim(directory):
         if is_finished(directory):
-            raise Finished(f"{directory}: this run has finished already (results.json exists)")
+            raise ConfigError(f"{directory}: this run has finished already (results.json exists)")
         return _finish(directory, _load(config_file), progress)
 
 

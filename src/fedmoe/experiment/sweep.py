@@ -117,14 +117,17 @@ def run_sweep(
         if rundir.is_finished(run_dir):
             log(f"{label}: finished before, skipped")
             continue
-        log(f"{label}: running in {run_dir}")
         try:
-            rundir.run_in(run_dir, cfg, progress)
-        except rundir.Finished:
-            log(f"{label}: finished by another worker, skipped")
+            with rundir.claim(run_dir):
+                if rundir.is_finished(run_dir):
+                    log(f"{label}: finished by another worker, skipped")
+                    continue
+                log(f"{label}: running in {run_dir}")
+                rundir.run_claimed(run_dir, cfg, progress)
         except rundir.Busy:
             log(f"{label}: another worker is running it, skipped")
             elsewhere.append(run_dir)
+            continue
         write_csv(out, axes, table)
     unfinished = [d for d in elsewhere if not rundir.is_finished(d)]
     if unfinished:
