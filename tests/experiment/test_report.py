@@ -487,3 +487,24 @@ def test_paired_differences_are_per_seed_differences_of_the_same_runs(tmp_path: 
             assert f"| {p} | {entries[0]} | {entries[1]} |" in text, (split, entries)
     assert ahead_of["p=0.5", "local", "finetune"] == 2
     assert ahead_of["p=1.0", "local", "finetune"] == 3
+
+
+def test_setup_sums_the_runs_timing(tmp_path: Path) -> None:
+    root = make_sweep(tmp_path / "s", {"p": ["0.5", "1.0"]}, [0, 1])
+
+    def run_time() -> list[str]:
+        text = write_report(root).read_text()
+        return [line for line in text.splitlines() if line.startswith("- Run time")]
+
+    assert run_time() == []  # no run recorded its timing
+    for i, run in enumerate(sorted((root / "runs").iterdir())):
+        results = json.loads((run / "results.json").read_text())
+        results["timing_s"] = {"federate": 600.0 * (i + 1), "evaluate": 300.0}
+        results["threads"] = 1
+        (run / "results.json").write_text(json.dumps(results))
+    # 900 + 1500 + 2100 + 2700 s = 2 h; 15-45 min each.
+    assert run_time() == [
+        "- Run time: 2.0 h over 4 run(s), 15.0-45.0 min each (sum of the phases' "
+        "`timing_s` in results.json; a resumed run counts only what its last process did); "
+        "torch threads 1"
+    ]

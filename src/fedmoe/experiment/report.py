@@ -240,8 +240,28 @@ def _setup(sweep: Sweep) -> str:
         f"- Seeds: {seeds}",
         f"- Methods: {', '.join(method_label(m) for m in sweep.methods)}",
         *_config_lines(sweep),
+        *_run_time(sweep),
     ]
     return "\n".join(lines)
+
+
+def _run_time(sweep: Sweep) -> list[str]:
+    """Total and per-run compute time from each run's ``timing_s`` (none if no run
+    recorded it), and the torch threads the runs used."""
+    seconds = []
+    for results in sweep.runs.values():
+        timing = results.get("timing_s")
+        if isinstance(timing, dict) and all(is_number(v) for v in timing.values()):
+            seconds.append(sum(timing.values()))
+    if not seconds:
+        return []
+    threads = sorted({str(r.get("threads", "?")) for r in sweep.runs.values()})
+    return [
+        f"- Run time: {sum(seconds) / 3600:.1f} h over {len(seconds)} run(s), "
+        f"{min(seconds) / 60:.1f}-{max(seconds) / 60:.1f} min each (sum of the phases' "
+        "`timing_s` in results.json; a resumed run counts only what its last process did); "
+        f"torch threads {', '.join(threads)}"
+    ]
 
 
 def _plots_section(found: Sequence[Plot | Skipped]) -> str:
