@@ -192,3 +192,19 @@ def test_sweep_command_sets_the_worker_threads(
         assert results["threads"] == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_run_another_worker_finished_meanwhile_is_not_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedmoe.experiment import sweep
+
+    ran: list[str] = []
+    looks = iter([False, True])  # not finished at the first look, finished once claimed
+    monkeypatch.setattr(sweep.rundir, "is_finished", lambda d: next(looks, True))
+    monkeypatch.setattr(sweep.rundir, "run_claimed", lambda d, cfg, p=None: ran.append(d.name))
+    monkeypatch.setattr(sweep, "write_csv", lambda out, axes, table: out / "sweep.csv")
+    logs: list[str] = []
+    run_sweep(TINY, [parse_axis("p=0.5")], 1, tmp_path, log=logs.append)
+    assert ran == []
+    assert logs == ["[1/1] p=0.5 seed 0: finished by another worker, skipped"]
