@@ -504,7 +504,8 @@ def test_setup_sums_the_runs_timing(tmp_path: Path) -> None:
         (run / "results.json").write_text(json.dumps(results))
     # 900 + 1500 + 2100 + 2700 s = 2 h; 15-45 min each.
     assert run_time() == [
-        "- Run time: 2.0 h over 4 run(s), 15.0-45.0 min each (sum of the phases' "
-        "`timing_s` in results.json; a resumed run counts only what its last process did); "
+        "- Run time: 2.0 h over 4 run(s), 15.0-45.0 min each (wall time: the sum of the "
+        "phases' `timing_s` in results.json, including any time the process was paused; "
+        "a resumed run counts only its last process); "
         "torch threads 1"
     ]

@@ -258,8 +258,9 @@ def _run_time(sweep: Sweep) -> list[str]:
     threads = sorted({str(r.get("threads", "?")) for r in sweep.runs.values()})
     return [
         f"- Run time: {sum(seconds) / 3600:.1f} h over {len(seconds)} run(s), "
-        f"{min(seconds) / 60:.1f}-{max(seconds) / 60:.1f} min each (sum of the phases' "
-        "`timing_s` in results.json; a resumed run counts only what its last process did); "
+        f"{min(seconds) / 60:.1f}-{max(seconds) / 60:.1f} min each (wall time: the sum "
+        "of the phases' `timing_s` in results.json, including any time the process was "
+        "paused; a resumed run counts only its last process); "
         f"torch threads {', '.join(threads)}"
     ]
 
