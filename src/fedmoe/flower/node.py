@@ -174,9 +174,8 @@ def restore_moe_plus(
     epochs: int,
 ) -> FittedGate:
     """The ``moe-plus`` gate this node fitted over ``plus_net`` (:func:`moe_plus_net`),
-    from its parameters, the specialist's and
-    the global expert's temperatures and the epochs it trained (its best stopping loss
-    is not kept: NaN)."""
+    from its parameters, the specialist's and the global expert's temperatures and the
+    epochs it trained (its best stopping loss is not kept: NaN)."""
     dtype, device = torch.float64, data.train.x.device
     one = torch.ones(1, dtype=dtype, device=device)
     state = {
