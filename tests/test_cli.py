@@ -28,7 +28,7 @@ import pytest
 
 from fedmoe.cli import main
 from fedmoe.data import DATASETS, DatasetSpec, FileSpec, load_dataset, registry
-from fedmoe.data.registry import IdxFiles
+from fedmoe.data.files import IdxFiles
 
 PREFIX = "fedmoe: error: "
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from fedmoe.data import registry
-from fedmoe.data.registry import CifarFiles, DatasetSpec, FileSpec
+from fedmoe.data.catalogue import DATASETS, DatasetSpec, idx_files
+from fedmoe.data.files import CifarFiles, FileSpec
 from fedmoe.data.sources import CifarLayout, Splits
 
 _ENV_VARS = ("FEDMOE_DATA", "FEDMOE_MIRROR", "FEDMOE_CACHE", "FEDMOE_SYSTEM_DATA")
@@ -131,7 +132,7 @@ def tiny_idx_spec(
     return DatasetSpec(
         name=name,
         title="tiny test dataset",
-        source=registry._idx(pinned=pins),
+        source=idx_files(pinned=pins),
         train_count=len(splits.x_train),
         test_count=len(splits.x_test),
         example_shape=tuple(splits.x_train.shape[1:]),
@@ -207,7 +208,7 @@ def cifar_splits(seed: int, num_classes: int, *, n_train: int = 10, n_test: int 
 
 def tiny_cifar_spec(base: str, splits: Splits, name: str | None = None) -> DatasetSpec:
     """The registry's ``base`` CIFAR spec shrunk to ``splits``' counts."""
-    spec = registry.DATASETS[base]
+    spec = DATASETS[base]
     assert isinstance(spec.source, CifarFiles)
     return dataclasses.replace(
         spec,

@@ -1,4 +1,4 @@
-"""Downloading datasets (fedmoe.data.registry.fetch_dataset) from a real HTTP server on
+"""Downloading datasets (fedmoe.data.fetch.fetch_dataset) from a real HTTP server on
 127.0.0.1 serving files the tests generate: verification, atomic placement, rejection of
 bad downloads and clear errors for network failures."""
 
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from fedmoe.data import DATASETS, dataset_info, fetch_dataset, load_dataset
-from fedmoe.data.registry import BUILT_IN, CifarFiles
+from fedmoe.data.files import BUILT_IN, CifarFiles
 from fedmoe.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("data_env")

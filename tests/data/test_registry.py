@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from fedmoe.data import dataset_info, get_spec, load_dataset, registry, sources
-from fedmoe.data.registry import DATASETS, BuiltinSource, CifarFiles, IdxFiles
+from fedmoe.data.catalogue import DATASETS
+from fedmoe.data.files import BuiltinSource, CifarFiles, IdxFiles
 from fedmoe.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("data_env")

@@ -1,13 +1,17 @@
 """Datasets as numpy arrays, and how they are split among clients.
 
-Sources and registry: :func:`load_dataset` finds a named dataset's files (see
-:mod:`fedmoe.data.registry` for the lookup order), decodes them once and checks them;
+Named datasets (:mod:`fedmoe.data.catalogue`): :func:`load_dataset` finds a dataset's
+files (see :mod:`fedmoe.data.registry` for the lookup order), decodes them once
+(:mod:`fedmoe.data.files`, :mod:`fedmoe.data.sources`) and checks them;
 :func:`dataset_info` summarises one; :func:`fetch_dataset` downloads and verifies one.
 Partitions: :func:`make_partition` splits a dataset's labels among clients
 (see :mod:`fedmoe.data.partition`).
 """
 
+from fedmoe.data.catalogue import DATASETS, DatasetSpec, get_spec
 from fedmoe.data.dataset import ArrayDataset
+from fedmoe.data.fetch import FetchResult, fetch_dataset
+from fedmoe.data.files import FileSpec
 from fedmoe.data.partition import (
     ClientSplit,
     DirichletSpec,
@@ -21,17 +25,7 @@ from fedmoe.data.partition import (
     opt_out_mask,
     partition_to_json,
 )
-from fedmoe.data.registry import (
-    DATASETS,
-    DatasetSpec,
-    FetchResult,
-    FileSpec,
-    clear_cache,
-    dataset_info,
-    fetch_dataset,
-    get_spec,
-    load_dataset,
-)
+from fedmoe.data.registry import clear_cache, dataset_info, load_dataset
 
 __all__ = [
     "DATASETS",

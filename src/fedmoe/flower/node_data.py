@@ -31,8 +31,8 @@ import torch
 
 from fedmoe import rng
 from fedmoe.data import ArrayDataset, get_spec, load_dataset
+from fedmoe.data.files import BuiltinSource, FileFormat, FileSpec
 from fedmoe.data.partition import Partition
-from fedmoe.data.registry import BuiltinSource, FileFormat, FileSpec
 from fedmoe.engine import ClientData
 from fedmoe.errors import DataError
 from fedmoe.experiment.config import ExperimentConfig
