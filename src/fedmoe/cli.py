@@ -164,7 +164,7 @@ def partition_cmd(
 def run_cmd(
     config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
     preset: Annotated[
-        str | None, typer.Option(help="Start from a preset: quick, paper or paper-plus.")
+        str | None, typer.Option(help="Start from a preset: quick, paper, paper-plus or moe-ifca.")
     ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override: section.key=value.")
@@ -226,7 +226,7 @@ def sweep_cmd(
     out: Annotated[Path, typer.Option(help="Sweep directory (runs/, sweep.csv, report.md).")],
     config: Annotated[Path | None, typer.Option(help="Base TOML config file.")] = None,
     preset: Annotated[
-        str | None, typer.Option(help="Base preset: quick, paper or paper-plus.")
+        str | None, typer.Option(help="Base preset: quick, paper, paper-plus or moe-ifca.")
     ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Base override: section.key=value.")

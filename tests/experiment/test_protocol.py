@@ -53,15 +53,25 @@ def test_small_run_is_complete_deterministic_and_respects_opt_out(tmp_path: Path
     assert config.from_dict(config.load(tmp_path / "config.toml")) == cfg
 
 
+EXTRAS: dict[str, Any] = {
+    "moe_plus": {"enabled": True, "ablation": True},
+    "centralised": {"enabled": True, "epochs": 3},
+    "clustered": {"enabled": True, "models": 2},
+    "moe_staged": {"enabled": True},
+}
+
+
+@pytest.fixture(scope="module")
+def with_extras() -> dict[str, Any]:
+    """A small run with every extra method (as the ``paper-plus`` preset has them)."""
+    return run_experiment(config.from_dict(SMALL | EXTRAS))
+
+
 @needs_fashion_mnist
-def test_extra_methods_staged_plus_clustered_and_the_centralised_bound(tmp_path: Path) -> None:
-    extra = {
-        "moe_plus": {"enabled": True, "ablation": True},
-        "centralised": {"enabled": True, "epochs": 3},
-        "clustered": {"enabled": True, "models": 2},
-        "moe_staged": {"enabled": True},
-    }
-    res = run_experiment(config.from_dict(SMALL | extra))
+def test_extra_methods_staged_plus_clustered_and_the_centralised_bound(
+    tmp_path: Path, with_extras: dict[str, Any]
+) -> None:
+    res = with_extras
     extras = ["moe-staged", "moe-plus", "ifca", "moe-ifca", "centralised"]
     assert list(res["methods"]) == [*METHODS, *extras]
     assert len(res["ablation"]) == 7
@@ -85,6 +95,16 @@ def test_extra_methods_staged_plus_clustered_and_the_centralised_bound(tmp_path:
     write_results(res, tmp_path)
     table = (tmp_path / "results.md").read_text()
     assert "| MoE+ |" in table and "| Centralised |" in table and "| MoE+ IFCA |" in table
+
+
+@needs_fashion_mnist
+def test_clustered_alone_gives_the_same_moe_ifca(with_extras: dict[str, Any]) -> None:
+    # What the `moe-ifca` preset adds to `paper`: cluster models, no MoE+ or others.
+    res = run_experiment(config.from_dict(SMALL | {"clustered": EXTRAS["clustered"]}))
+    assert list(res["methods"]) == [*METHODS, "ifca", "moe-ifca"]
+    for name in res["methods"]:
+        assert res["methods"][name] == with_extras["methods"][name], name
+    assert res["gate_ifca"] == with_extras["gate_ifca"]
 
 
 @needs_fashion_mnist
