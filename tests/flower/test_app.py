@@ -22,7 +22,7 @@ from flwr.app import Array, Context, Message, RecordDict
 from fedmoe.data import load_dataset
 from fedmoe.errors import DataError
 from fedmoe.experiment import config
-from fedmoe.experiment.protocol import METHODS, run_experiment
+from fedmoe.experiment.protocol import run_experiment
 from fedmoe.flower.client_app import app as client_app
 from fedmoe.flower.config import FlowerOptions, NodeOptions, run_config
 from fedmoe.flower.messages import GLOBAL, STATE_PREFIX, UPDATE
@@ -67,17 +67,30 @@ def make_grid() -> Iterator[Any]:
 
 
 @pytest.mark.parametrize(
-    "moe_plus",
+    ("moe_plus", "clustered"),
     [
-        {"enabled": True},
-        {"enabled": True, "inputs": "image", "prior": False, "data": "train"},
+        ({"enabled": True}, {"enabled": True, "models": 2}),
+        ({"enabled": True, "inputs": "image", "prior": False, "data": "train"}, {}),
     ],
 )
-def test_in_process_run_equals_the_embedded_run(make_grid: Any, moe_plus: dict[str, Any]) -> None:
-    cfg = config.from_dict(SMALL | {"dtype": "float64", "moe_plus": moe_plus})
+def test_in_process_run_equals_the_embedded_run(
+    make_grid: Any, moe_plus: dict[str, Any], clustered: dict[str, Any]
+) -> None:
+    extra = {"dtype": "float64", "moe_plus": moe_plus, "clustered": clustered}
+    cfg = config.from_dict(SMALL | extra)
     flower = run_federation(make_grid(cfg), cfg, OPTIONS)
     embedded = run_experiment(cfg)
-    assert set(flower["methods"]) == {*METHODS, "moe-plus"}
+    assert list(flower["methods"]) == list(embedded["methods"])
+    assert "moe-plus" in flower["methods"]
+    if clustered:
+        assert {"ifca", "moe-ifca"} <= set(flower["methods"])
+        assert flower["gate_ifca"] == embedded["gate_ifca"]
+        assert flower["clustered"] == embedded["clustered"]
+        rounds = flower["flower"]["cluster_rounds"]
+        assert len(rounds) == embedded["clustered"]["rounds_run"]
+        for row in rounds:  # each aggregated client trained one of the 2 models
+            assert len(row["clusters"]) == len(row["aggregated"])
+            assert set(row["clusters"]) <= {0, 1}
     for name in flower["methods"]:
         for split in ("local_test", "global_test"):
             assert (
@@ -149,6 +162,31 @@ def test_bad_updates_and_silent_nodes_are_dropped_and_the_round_completes(
     assert res["flower"]["lost_clients"] == [2, 4]
     checks = [h["val_loss"] for h in res["fedavg"]["history"] if h["val_loss"] is not None]
     assert checks and all(np.isfinite(checks))
+
+
+def _misreports_cluster(msg: Message, context: Context) -> Message | None:
+    """Claims to have trained a cluster model that does not exist."""
+    reply = honest(msg, context)
+    if reply is not None and "cluster" in reply.content.metric_records.get("metrics", {}):
+        reply.content.metric_records["metrics"]["cluster"] = 7
+    return reply
+
+
+def test_a_clustered_update_for_no_cluster_model_is_dropped(make_grid: Any) -> None:
+    cfg = config.from_dict(
+        SMALL
+        | {"partition": SMALL["partition"] | {"opt_out": 0.0}, "clustered": {"enabled": True}}
+        | {"fedavg": SMALL["fedavg"] | {"clients_per_round": 6}}
+    )
+    grid = make_grid(cfg)
+    list(grid.nodes.values())[1].behaviour = _misreports_cluster
+    res = run_federation(grid, cfg, OPTIONS)
+    reasons = {(r["client"], r["phase"]): r["reason"] for r in res["flower"]["rejected"]}
+    assert "trained cluster model 7, not one of 0..2" in reasons[(1, "clustered")]
+    assert all(1 not in row["aggregated"] for row in res["flower"]["cluster_rounds"])
+    assert [row["aggregated"] for row in res["flower"]["rounds"]] == [list(range(6))] * 2
+    # It still personalises, with the cluster models, like every other node.
+    assert res["clients"] == list(range(6)) and sum(res["clustered"]["clients_per_model"]) == 6
 
 
 def test_an_opt_out_node_declines_training_and_sends_no_parameters(make_grid: Any) -> None:

@@ -81,8 +81,10 @@ def test_bad_run_config_values_give_one_line_errors() -> None:
         split_run_config(flat | {"moe_plus.enabled": True, "moe_plus.ablation": True})
     cfg, _ = split_run_config(flat | {"moe_plus.enabled": True})
     assert cfg.moe_plus.enabled
-    with pytest.raises(ConfigError, match=r"clustered\.enabled: the Flower app runs"):
-        split_run_config(flat | {"clustered.enabled": True})
+    with pytest.raises(ConfigError, match=r"centralised\.enabled: the Flower app runs"):
+        split_run_config(flat | {"centralised.enabled": True})
+    cfg, _ = split_run_config(flat | {"clustered.enabled": True})
+    assert cfg.clustered.enabled
 
 
 def test_node_config() -> None:

@@ -95,10 +95,16 @@ def plus_gate_net(
 
 
 def gate_experts(
-    net: Network, specialists: Params, global_params: Params, data: ClientData, config: GateConfig
+    net: Network,
+    specialists: Params,
+    global_params: Params,
+    data: ClientData,
+    config: GateConfig,
+    clusters: Params | None = None,
 ) -> Experts:
-    """The frozen experts' outputs on ``data`` with the gate inputs ``config`` asks for."""
-    experts = cache_experts(net, specialists, global_params, data)
+    """The frozen experts' outputs on ``data`` (with the ``clusters`` models' too, if
+    given) with the gate inputs ``config`` asks for."""
+    experts = cache_experts(net, specialists, global_params, data, clusters)
     return replace(experts, gate_in=image_inputs(data)) if config.inputs == "image" else experts
 
 

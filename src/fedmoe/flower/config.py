@@ -116,11 +116,11 @@ def split_run_config(run_config: UserConfig) -> tuple[ExperimentConfig, FlowerOp
         raise ConfigError("run config key 'flower' must be a table")
     options = _typed(FlowerOptions, flower, "flower.").validate()
     cfg = from_dict(nested)
-    for section in ("moe_staged", "centralised", "clustered"):
+    for section in ("moe_staged", "centralised"):
         if getattr(cfg, section).enabled:
             raise ConfigError(
-                f"{section}.enabled: the Flower app runs FedAvg, Local, FT, MoE and MoE+; "
-                f"run {section} in the embedded simulator (fedmoe run)"
+                f"{section}.enabled: the Flower app runs FedAvg, Local, FT, MoE, MoE+ and "
+                f"the clustered models; run {section} in the embedded simulator (fedmoe run)"
             )
     if cfg.moe_plus.enabled and cfg.moe_plus.ablation:
         raise ConfigError(

@@ -27,6 +27,8 @@ PERSONALISE = "train.personalise"
 EVALUATE = "evaluate.personalise"
 
 GLOBAL = "global"
+#: Prefix of the records ``clusters.0``, ``clusters.1``, ... holding IFCA's cluster models.
+CLUSTERS = "clusters"
 UPDATE = "update"
 FEDAVG = "fedavg"
 METRICS = "metrics"

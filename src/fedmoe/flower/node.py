@@ -28,6 +28,7 @@ from fedmoe.experiment.protocol import (
 from fedmoe.experiment.summary import gate_summary
 from fedmoe.flower.node_data import NodeData
 from fedmoe.methods import Mixture, PersonalisationResult, finetune, local, moe
+from fedmoe.methods.fedavg import best_models, evaluate_each, num_models
 from fedmoe.methods.gating import (
     PRIOR_SCALE,
     FittedGate,
@@ -36,12 +37,14 @@ from fedmoe.methods.gating import (
     log_prior_ratio,
 )
 from fedmoe.methods.mixture import GATE, SPECIALIST
-from fedmoe.methods.params import prefixed
+from fedmoe.methods.params import prefixed, rows
 from fedmoe.models import Network, Params
 
 PERSONALISED = ("finetune", "local", "moe")
 #: The method a node adds with ``moe_plus.enabled``.
 MOE_PLUS = "moe-plus"
+#: The methods a node adds with ``clustered.enabled``.
+IFCA, MOE_IFCA = "ifca", "moe-ifca"
 SPLITS = ("local_test", "global_test")
 GATE_GROUPS = ("all", "majority", "other")
 
@@ -63,9 +66,13 @@ def mixture_reference(
     )
 
 
-def moe_plus_net(cfg: ExperimentConfig, data: NodeData, net: Network, gate_net: Network) -> Network:
-    """The gate network ``moe-plus`` fits on this node."""
-    return plus_gate_net(cfg, net, gate_net, data.input_shape, data.num_classes, gate_config(cfg))
+def moe_plus_net(
+    cfg: ExperimentConfig, data: NodeData, net: Network, gate_net: Network, clusters: int = 0
+) -> Network:
+    """The gate network ``moe-plus`` (``clusters`` > 0: ``moe-ifca``) fits on this node."""
+    return plus_gate_net(
+        cfg, net, gate_net, data.input_shape, data.num_classes, gate_config(cfg), clusters
+    )
 
 
 def moe_plus_reference(cfg: ExperimentConfig, data: NodeData, plus_net: Network) -> Params:
@@ -89,10 +96,22 @@ def local_update(
     return result.params
 
 
+def cluster_update(
+    cfg: ExperimentConfig, data: NodeData, net: Network, clusters: Params, round_: int
+) -> tuple[Params, int]:
+    """IFCA's local training in round ``round_``: the cluster model (of ``clusters``,
+    leading axis ``M``) with the lowest loss on this client's training data, trained as
+    FedAvg's local update; and which model that was."""
+    chosen = best_models(Classifier(net), clusters, data.train)
+    return local_update(cfg, data, net, rows(clusters, chosen), round_), int(chosen[0])
+
+
 def validate(net: Network, params: Params, data: NodeData) -> tuple[float, float, int]:
-    """The model's mean loss and accuracy on this client's validation set, and its size."""
-    ev = evaluate(Classifier(net), params, data.val)
-    return float(ev.loss[0]), float(ev.accuracy[0]), int(ev.n[0])
+    """The model's mean loss and accuracy on this client's validation set, and its size;
+    with several models (leading axis), those of the one with the lowest loss."""
+    every = evaluate_each(Classifier(net), params, data.val)
+    best = int(every.loss[:, 0].argmin())
+    return float(every.loss[best, 0]), float(every.accuracy[best, 0]), int(every.n[0])
 
 
 @dataclass(frozen=True)
@@ -100,7 +119,9 @@ class Personalised:
     """This client's personalised models (each with a client axis of length 1): the
     fine-tuned and the local model, the mixture's ``specialist.*`` and ``gate.*``, the
     epochs each trained and its best validation loss; with ``moe_plus.enabled``, the
-    ``moe-plus`` gate fitted over the fine-tuned specialist and the global model."""
+    ``moe-plus`` gate fitted over the fine-tuned specialist and the global model; with
+    ``clustered.enabled``, the cluster model ``ifca`` picks (lowest validation loss) and
+    the ``moe-ifca`` gate over the specialist, the global and the cluster models."""
 
     finetune: Params
     local: Params
@@ -108,6 +129,8 @@ class Personalised:
     epochs: dict[str, int]
     best_loss: dict[str, float]
     moe_plus: FittedGate | None = None
+    ifca_model: int | None = None
+    moe_ifca: FittedGate | None = None
 
 
 def personalise(
@@ -116,9 +139,11 @@ def personalise(
     net: Network,
     gate_net: Network,
     global_params: Params,
+    clusters: Params | None = None,
 ) -> Personalised:
-    """FT, Local and MoE (and ``moe-plus`` with ``moe_plus.enabled``) for this client, as
-    in the embedded protocol."""
+    """FT, Local and MoE (and ``moe-plus`` with ``moe_plus.enabled``; ``ifca`` and
+    ``moe-ifca`` over the ``clusters`` models, if given) for this client, as in the
+    embedded protocol."""
     clients = torch.tensor([data.client])
     pcfg = personalise_config(cfg, cfg.personalise.lr)
     ft = finetune(net, global_params, data.train, data.val, clients, pcfg, cfg.seed)
@@ -140,21 +165,28 @@ def personalise(
         "local": loc,
         "moe": mix,
     }
-    plus = None
-    if cfg.moe_plus.enabled:
-        config = gate_config(cfg)
-        plus = fit_gate(
+    config = gate_config(cfg)
+
+    def fit(experts: Params | None) -> FittedGate:
+        m = 0 if experts is None else num_models(experts)
+        return fit_gate(
             net,
-            moe_plus_net(cfg, data, net, gate_net),
-            gate_experts(net, ft.params, global_params, data.train, config),
-            gate_experts(net, ft.params, global_params, data.val, config),
+            moe_plus_net(cfg, data, net, gate_net, m),
+            gate_experts(net, ft.params, global_params, data.train, config, experts),
+            gate_experts(net, ft.params, global_params, data.val, config, experts),
             log_prior_ratio(data.train, data.num_classes),
             config,
             personalise_config(cfg, cfg.moe_plus.lr),
             clients,
             cfg.seed,
         )
-        results[MOE_PLUS] = plus
+
+    plus = ifca_model = moe_ifca = None
+    if cfg.moe_plus.enabled:
+        plus = results[MOE_PLUS] = fit(None)
+    if clusters is not None:
+        ifca_model = int(best_models(Classifier(net), clusters, data.val)[0])
+        moe_ifca = results[MOE_IFCA] = fit(clusters)
     return Personalised(
         finetune=ft.params,
         local=loc.params,
@@ -162,6 +194,8 @@ def personalise(
         epochs={name: int(r.epochs[0]) for name, r in results.items()},
         best_loss={name: float(r.best_loss[0]) for name, r in results.items()},
         moe_plus=plus,
+        ifca_model=ifca_model,
+        moe_ifca=moe_ifca,
     )
 
 
@@ -170,12 +204,13 @@ def restore_moe_plus(
     data: NodeData,
     plus_net: Network,
     params: Params,
-    temperatures: tuple[float, float],
+    temperatures: tuple[float, ...],
     epochs: int,
 ) -> FittedGate:
-    """The ``moe-plus`` gate this node fitted over ``plus_net`` (:func:`moe_plus_net`),
-    from its parameters, the specialist's and the global expert's temperatures and the
-    epochs it trained (its best stopping loss is not kept: NaN)."""
+    """The ``moe-plus`` (or ``moe-ifca``) gate this node fitted over ``plus_net``
+    (:func:`moe_plus_net`), from its parameters, the specialist's, the global expert's
+    and any cluster models' temperatures, in that order, and the epochs it trained (its
+    best stopping loss is not kept: NaN)."""
     dtype, device = torch.float64, data.train.x.device
     one = torch.ones(1, dtype=dtype, device=device)
     state = {
@@ -185,6 +220,8 @@ def restore_moe_plus(
         "epochs": torch.tensor([epochs], device=device),
         "best_loss": one * math.nan,
     }
+    if len(temperatures) > 2:
+        state["t_clusters"] = torch.tensor([temperatures[2:]], dtype=dtype, device=device)
     return restored_gate(
         state,
         gate_config(cfg),
@@ -201,11 +238,13 @@ def evaluate_models(
     gate_net: Network,
     global_params: Params,
     models: Personalised,
+    clusters: Params | None = None,
 ) -> dict[str, float]:
-    """Accuracy of FedAvg, Local, FT and MoE (and ``moe-plus``, if fitted) on the local
-    and the global test set (``"<method>.<split>"``) and the mixtures' mean gate weight
-    on the specialist (``"gate.<split>.<all|majority|other>"``, ``"gate-plus..."`` for
-    ``moe-plus``; NaN where the group is empty)."""
+    """Accuracy of FedAvg, Local, FT and MoE (and ``moe-plus``, ``ifca`` and
+    ``moe-ifca`` over the ``clusters`` models, if fitted) on the local and the global
+    test set (``"<method>.<split>"``) and the mixtures' mean gate weight on the
+    specialist (``"gate.<split>.<all|majority|other>"``, ``"gate-plus..."`` for
+    ``moe-plus``, ``"gate-ifca..."`` for ``moe-ifca``; NaN where the group is empty)."""
     mixture = Mixture(net, gate_net, global_params, cfg.personalise.pool)
     objectives: dict[str, tuple[Objective, Params]] = {
         "fedavg": (Classifier(net), global_params),
@@ -223,13 +262,24 @@ def evaluate_models(
         ev, gate = evaluate_mixture(mixture, models.moe, split_data, majority)
         metrics[f"moe.{split}"] = float(ev.accuracy[0])
         metrics |= _gate_metrics("gate", split, gate)
-        if models.moe_plus is not None:
-            config = models.moe_plus.config
-            experts = gate_experts(net, models.finetune, global_params, split_data, config)
-            ev, g = evaluate_gate(models.moe_plus, experts)
-            metrics[f"{MOE_PLUS}.{split}"] = float(ev.accuracy[0])
+        gates: list[tuple[str, str, FittedGate | None, Params | None]] = [
+            ("gate-plus", MOE_PLUS, models.moe_plus, None)
+        ]
+        if models.moe_ifca is not None and clusters is not None:
+            gates.append(("gate-ifca", MOE_IFCA, models.moe_ifca, clusters))
+            chosen = rows(clusters, torch.tensor([models.ifca_model], device=device))
+            ev = evaluate(Classifier(net), chosen, split_data)
+            metrics[f"{IFCA}.{split}"] = float(ev.accuracy[0])
+        for prefix, name, fit, experts_of in gates:
+            if fit is None:
+                continue
+            experts = gate_experts(
+                net, models.finetune, global_params, split_data, fit.config, experts_of
+            )
+            ev, g = evaluate_gate(fit, experts)
+            metrics[f"{name}.{split}"] = float(ev.accuracy[0])
             gate = gate_summary(g, experts.y, experts.valid(), majority)
-            metrics |= _gate_metrics("gate-plus", split, gate)
+            metrics |= _gate_metrics(prefix, split, gate)
     return metrics
 
 

@@ -73,6 +73,33 @@ def params_from_record(record: ArrayRecord, reference: Params) -> Params:
     return out
 
 
+def models_to_records(params: Params, prefix: str) -> dict[str, ArrayRecord]:
+    """Several models (leading axis ``M``) as records ``<prefix>.0`` .. ``<prefix>.<M-1>``."""
+    count = int(next(iter(params.values())).shape[0])
+    return {
+        f"{prefix}.{j}": params_to_record({n: p[j : j + 1] for n, p in params.items()})
+        for j in range(count)
+    }
+
+
+def models_from_content(
+    content: RecordDict, prefix: str, count: int, reference: Params
+) -> Params | None:
+    """The ``count`` models :func:`models_to_records` put in ``content``, stacked on the
+    leading axis and each checked by :func:`params_from_record`; ``None`` when the content
+    has none of them. Raises :class:`UpdateRejected` when some are missing or extra."""
+    names = {k for k in content.array_records if k.startswith(f"{prefix}.")}
+    if not names:
+        return None
+    expected = [f"{prefix}.{j}" for j in range(count)]
+    if names != set(expected):
+        raise UpdateRejected(
+            f"expected the {count} models {', '.join(expected)}, got {', '.join(sorted(names))}"
+        )
+    models = [params_from_record(content.array_records[k], reference) for k in expected]
+    return {n: torch.cat([m[n] for m in models]) for n in reference}
+
+
 def _decode(name: str, array: Any) -> np.ndarray:
     if not isinstance(array, Array):
         raise UpdateRejected(f"{name}: not an Array")

@@ -24,8 +24,9 @@ import fedmoe
 from fedmoe.experiment.config import ExperimentConfig, to_dict
 from fedmoe.experiment.protocol import METHODS
 from fedmoe.experiment.summary import summarise
+from fedmoe.flower.log import FederationLog
 from fedmoe.flower.messages import METRICS
-from fedmoe.flower.node import GATE_GROUPS, MOE_PLUS, PERSONALISED, SPLITS
+from fedmoe.flower.node import GATE_GROUPS, IFCA, MOE_IFCA, MOE_PLUS, PERSONALISED, SPLITS
 from fedmoe.flower.records import number
 from fedmoe.flower.roster import Roster
 from fedmoe.methods import FedAvgServer
@@ -44,14 +45,14 @@ def flower_results(
     cfg: ExperimentConfig,
     net: Network,
     server: FedAvgServer,
+    clustered: FedAvgServer | None,
     roster: Roster,
     evaluated: dict[int, tuple[Message, Message]],
-    rounds: list[dict[str, Any]],
-    rejected: list[Any],
-    timing: dict[str, float],
+    log: FederationLog,
 ) -> dict[str, Any]:
-    """Assemble the results dict. ``evaluated``: client -> (personalise reply, evaluate
-    reply) of the clients that completed the protocol."""
+    """Assemble the results dict. ``server``: FedAvg's, ``clustered``: IFCA's (with
+    ``clustered.enabled``); ``evaluated``: client -> (personalise reply, evaluate reply)
+    of the clients that completed the protocol."""
     clients = sorted(evaluated)
     infos = [roster.info(c) for c in clients]
     metrics = {c: _numbers(evaluated[c][1]) for c in clients}
@@ -60,7 +61,9 @@ def flower_results(
     def column(key: str) -> torch.Tensor:
         return torch.tensor([metrics[c][key] for c in clients], dtype=torch.float64)
 
-    names = (*METHODS, MOE_PLUS) if cfg.moe_plus.enabled else METHODS
+    added = [MOE_PLUS] if cfg.moe_plus.enabled else []
+    fitted = [*added, MOE_IFCA] if clustered is not None else added
+    names = [*METHODS, *added, *([IFCA, MOE_IFCA] if clustered is not None else [])]
     methods = {
         name: {split: summarise(column(f"{name}.{split}")) for split in SPLITS} for name in names
     }
@@ -74,8 +77,17 @@ def flower_results(
             for split in SPLITS
         }
 
-    personalised = (*PERSONALISED, MOE_PLUS) if cfg.moe_plus.enabled else PERSONALISED
-    extra = {"gate_plus": gate("gate-plus")} if cfg.moe_plus.enabled else {}
+    extra: dict[str, Any] = {"gate_plus": gate("gate-plus")} if cfg.moe_plus.enabled else {}
+    if clustered is not None:
+        chosen = [int(trained[c][f"{IFCA}.model"]) for c in clients]
+        extra["gate_ifca"] = gate("gate-ifca")
+        extra["clustered"] = {
+            "models": cfg.clustered.models,
+            "best_round": clustered.best_round,
+            "rounds_run": len(clustered.history),
+            "clients_per_model": np.bincount(chosen, minlength=cfg.clustered.models).tolist(),
+            "model_of_client": chosen,
+        }
     ref = roster.first()
     lost = sorted({i.client for i in roster.nodes.values()} - set(clients))
     return {
@@ -114,10 +126,11 @@ def flower_results(
             ],
         },
         "epochs": {
-            name: [int(trained[c][f"epochs.{name}"]) for c in clients] for name in personalised
+            name: [int(trained[c][f"epochs.{name}"]) for c in clients]
+            for name in (*PERSONALISED, *fitted)
         },
         **extra,
-        "timing_s": timing,
+        "timing_s": log.timing,
         "versions": {
             "fedmoe": fedmoe.__version__,
             "python": platform.python_version(),
@@ -141,8 +154,9 @@ def flower_results(
                 for i in sorted(roster.nodes.values(), key=lambda i: i.client)
             ],
             "client_threads": {str(c): t for c, t in sorted(roster.threads.items())},
-            "rounds": rounds,
-            "rejected": [dataclasses.asdict(r) for r in rejected],
+            "rounds": log.rounds,
+            **({"cluster_rounds": log.cluster_rounds} if clustered is not None else {}),
+            "rejected": [dataclasses.asdict(r) for r in log.rejected],
             "refused_nodes": {str(n): r for n, r in roster.refused.items()},
             "lost_clients": lost,
             "audit": roster.audit_log(),

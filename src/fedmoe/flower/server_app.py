@@ -10,8 +10,13 @@
    declared at hello. The new global model is validated on every opt-in node's
    validation set; the server keeps the best model and stops early as configured.
    A round completes with the replies that arrive before ``flower.round-timeout``.
-3. **Personalise**: every node, opt-out included, gets the best global model and builds
-   FT, Local and MoE; then evaluates them and reports accuracies only.
+   With ``clustered.enabled``, a second federated phase trains IFCA's cluster models
+   the same way: sampled nodes get every cluster model, train the one with the lowest
+   loss on their training data and say which; each model averages the updates of the
+   nodes that chose it; validation scores each node with its best model.
+3. **Personalise**: every node, opt-out included, gets the best global model (and the
+   best cluster models) and builds FT, Local and MoE (and MoE+, IFCA's pick and
+   ``moe-ifca`` as configured); then evaluates them and reports accuracies only.
 4. **Report**: ``results.json`` / ``results.md`` / ``config.toml`` as ``fedmoe run``
    writes them (see :mod:`fedmoe.flower.report`), into ``flower.out``.
 """
@@ -19,10 +24,6 @@
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,13 @@ from fedmoe.experiment.protocol import (
     fedavg_config,
     global_init,
     resolve_device,
+    torch_dtype,
 )
 from fedmoe.experiment.results import write_results
 from fedmoe.flower.config import FlowerOptions, split_run_config
+from fedmoe.flower.log import FederationLog
 from fedmoe.flower.messages import (
+    CLUSTERS,
     DECLINED,
     EVALUATE,
     FEDAVG,
@@ -54,12 +58,14 @@ from fedmoe.flower.messages import (
 from fedmoe.flower.records import (
     UpdateRejected,
     count_arrays,
+    models_to_records,
     params_from_record,
     params_to_record,
 )
 from fedmoe.flower.report import flower_results
-from fedmoe.flower.roster import NodeInfo, Roster, logger
+from fedmoe.flower.roster import Roster, logger
 from fedmoe.methods import FedAvgServer
+from fedmoe.methods.fedavg import num_models
 from fedmoe.models import Params
 
 app = ServerApp()
@@ -76,46 +82,12 @@ def main(grid: Grid, context: Context) -> None:
     logger.info("fedmoe: results written to %s", out)
 
 
-@dataclass
-class Rejection:
-    """A reply the server dropped, and why."""
-
-    phase: str
-    round: int
-    client: int
-    node_id: int
-    reason: str
-
-
-@dataclass
-class FederationLog:
-    """What happened, for the report."""
-
-    rounds: list[dict[str, Any]] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
-    timing: dict[str, float] = field(default_factory=dict)
-
-    def reject(self, phase: str, round_: int, info: NodeInfo, reason: str) -> None:
-        self.rejected.append(Rejection(phase, round_, info.client, info.node_id, reason))
-        logger.warning(
-            "fedmoe: %s round %d: dropped the reply of client %d (node %d): %s",
-            phase,
-            round_,
-            info.client,
-            info.node_id,
-            reason,
-        )
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        logger.info("fedmoe: phase %s", name)
-        yield
-        self.timing[name] = round(self.timing.get(name, 0.0) + time.perf_counter() - start, 3)
-
-
 def _content(params: Params, round_: int | None = None) -> RecordDict:
-    records: dict[str, Any] = {GLOBAL: params_to_record(params)}
+    """One global model as ``global``, several (IFCA's) as ``clusters.<j>``."""
+    if num_models(params) == 1:
+        records: dict[str, Any] = {GLOBAL: params_to_record(params)}
+    else:
+        records = dict(models_to_records(params, CLUSTERS))
     if round_ is not None:
         records[FEDAVG] = ConfigRecord({"round": round_})
     return RecordDict(records)
@@ -165,11 +137,22 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, options: FlowerOptions) ->
         for round_ in range(fcfg.rounds):
             if _federated_round(roster, server, round_, options, log):
                 break
-    best = server.best_params
+    clustered = None
+    if cfg.clustered.enabled:
+        clusters = torch.arange(cfg.clustered.models)
+        init = net.init(cfg.seed, clusters, "clustered/init", torch_dtype(cfg), device)
+        clustered = FedAvgServer(init, np.asarray(opt_in), fcfg, cfg.seed)
+        with log.phase("clustered"):
+            for round_ in range(fcfg.rounds):
+                if _federated_round(roster, clustered, round_, options, log):
+                    break
     with log.phase("personalise"):
         roster.discover(options.round_timeout)
         targets = roster.client_nodes()
-        content = _content(best)
+        content = _content(server.best_params)
+        if clustered is not None:
+            for key, record in models_to_records(clustered.best_params, CLUSTERS).items():
+                content[key] = record
         replies = roster.exchange(
             "personalise",
             -1,
@@ -200,7 +183,7 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, options: FlowerOptions) ->
                 log.reject("evaluate", -1, roster.nodes[nid], why)
     if not evaluated:
         raise RuntimeError("no node reported personalised results")
-    return flower_results(cfg, net, server, roster, evaluated, log.rounds, log.rejected, log.timing)
+    return flower_results(cfg, net, server, clustered, roster, evaluated, log)
 
 
 def _federated_round(
@@ -210,7 +193,11 @@ def _federated_round(
     options: FlowerOptions,
     log: FederationLog,
 ) -> bool:
-    """One FedAvg round; returns True when early stopping says to stop."""
+    """One FedAvg round (of IFCA's, when ``server`` holds several models); returns True
+    when early stopping says to stop."""
+    models = num_models(server.params)
+    phase, rounds = ("train", log.rounds) if models == 1 else ("clustered", log.cluster_rounds)
+    reference = {name: p[:1] for name, p in server.params.items()}
     roster.discover(options.round_timeout)
     server.opt_in = np.asarray(roster.opt_in_clients())
     sampled = [int(c) for c in server.sample(round_)]
@@ -218,7 +205,7 @@ def _federated_round(
     absent = [c for c in sampled if c not in nodes]
     content = _content(server.params, round_)
     replies = roster.exchange(
-        "train",
+        phase,
         round_,
         {nodes[c]: (TRAIN, content) for c in sampled if c in nodes},
         options.round_timeout,
@@ -226,6 +213,7 @@ def _federated_round(
     updates: list[Params] = []
     weights: list[int] = []
     aggregated: list[int] = []
+    chosen: list[int] = []
     for client in sampled:
         if client not in nodes:
             continue
@@ -236,34 +224,41 @@ def _federated_round(
             try:
                 if UPDATE not in reply.content.array_records:
                     raise UpdateRejected("no update in the reply")
-                update = params_from_record(reply.content.array_records[UPDATE], server.params)
+                update = params_from_record(reply.content.array_records[UPDATE], reference)
                 n = _metric(reply, "num-examples")
                 if n != info.num_train:
                     raise UpdateRejected(
                         f"reports {n:g} training examples but declared {info.num_train}"
                     )
+                cluster = _cluster(reply, models)
             except (UpdateRejected, ValueError) as exc:
                 why = str(exc)
         if why is not None:
-            log.reject("train", round_, info, why)
+            log.reject(phase, round_, info, why)
             continue
         updates.append(update)
         weights.append(info.num_train)
         aggregated.append(client)
+        chosen.append(cluster)
+    clusters = None if models == 1 else chosen
     if updates:
         stacked = {name: torch.cat([u[name] for u in updates]) for name in server.params}
-        server.aggregate(stacked, torch.tensor(weights, dtype=torch.int64))
+        server.aggregate(
+            stacked,
+            torch.tensor(weights, dtype=torch.int64),
+            None if clusters is None else np.asarray(clusters),
+        )
     else:
         logger.warning("fedmoe: round %d: no valid update; the global model is unchanged", round_)
     validated: list[int] = []
     if server.validates(round_):
         loss, accuracy, validated = _validate(roster, server, round_, options, log)
-        stop = server.record(round_, aggregated, loss, accuracy)
+        stop = server.record(round_, aggregated, loss, accuracy, clusters)
         checked = f"validation loss {loss:.4f}, accuracy {accuracy:.4f} on {len(validated)} clients"
     else:
-        stop = server.record(round_, aggregated)
+        stop = server.record(round_, aggregated, clusters=clusters)
         checked = "no validation this round"
-    log.rounds.append(
+    rounds.append(
         {
             "round": round_,
             "sampled": sampled,
@@ -271,15 +266,28 @@ def _federated_round(
             "absent": absent,
             "validated": validated,
         }
+        | ({} if clusters is None else {"clusters": clusters})
     )
     logger.info(
-        "fedmoe: round %d: aggregated %d of %d sampled clients; %s",
+        "fedmoe: %s round %d: aggregated %d of %d sampled clients; %s",
+        phase,
         round_,
         len(aggregated),
         len(sampled),
         checked,
     )
     return stop
+
+
+def _cluster(reply: Message, models: int) -> int:
+    """The cluster model a node says it trained (0 with one global model); ValueError
+    unless it is one of the ``models``."""
+    if models == 1:
+        return 0
+    value = _metric(reply, "cluster")
+    if value != int(value) or not 0 <= value < models:
+        raise ValueError(f"trained cluster model {value:g}, not one of 0..{models - 1}")
+    return int(value)
 
 
 def _validate(
@@ -294,8 +302,9 @@ def _validate(
     nodes = roster.client_nodes()
     clients = [c for c in roster.opt_in_clients() if c in nodes]
     content = _content(server.params, round_)
+    phase = "validate" if num_models(server.params) == 1 else "clustered-validate"
     replies = roster.exchange(
-        "validate",
+        phase,
         round_,
         {nodes[c]: (VALIDATE, content) for c in clients},
         options.round_timeout,
@@ -320,7 +329,7 @@ def _validate(
             except ValueError as exc:
                 why = str(exc)
         if why is not None:
-            log.reject("validate", round_, info, why)
+            log.reject(phase, round_, info, why)
     if not rows:
         logger.warning("fedmoe: round %d: no validation reply", round_)
         return math.nan, math.nan, []
