@@ -1,6 +1,7 @@
 """Flower's Simulation Engine (Ray backend) for real, against the embedded simulator.
 
 A SuperLink in simulation mode runs the app with 10 simulated SuperNodes for 2 rounds
+of FedAvg and 2 of IFCA with 2 cluster models, with MoE+ and `moe-ifca`
 (`flwr run <repo> ... --federation-config num-supernodes=10`); the same config runs in
 this process with `run_experiment`. The partition must be identical (each node reports
 a SHA-256 of its train/val/test rows) and so must the FedAvg schedule and the epochs.
@@ -54,6 +55,7 @@ CONFIG: dict[str, Any] = {
         "stopping": {"check_every": 2, "patience": 1},
     },
     "moe_plus": {"enabled": True},
+    "clustered": {"enabled": True, "models": 2},
 }
 LOCAL_TOL, GLOBAL_TOL, LOSS_RTOL = 0.05, 0.002, 1e-4
 
@@ -110,7 +112,8 @@ def test_simulation_matches_embedded_run(tmp_path: Path, one_thread: None) -> No
     assert flower["epochs"] == embedded["epochs"]
 
     # Accuracies within the tolerance stated above.
-    assert set(flower["methods"]) == {*METHODS, "moe-plus"}
+    assert set(flower["methods"]) == {*METHODS, "moe-plus", "ifca", "moe-ifca"}
+    assert flower["clustered"] == embedded["clustered"]
     for name in flower["methods"]:
         for split, tol in (("local_test", LOCAL_TOL), ("global_test", GLOBAL_TOL)):
             f_acc = flower["methods"][name][split]["per_client"]

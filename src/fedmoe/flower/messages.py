@@ -6,12 +6,17 @@ Server -> node, and what comes back:
 message type              server sends                node replies
 ========================  ==========================  ================================
 ``query.hello``           nothing                     ``node``, ``partition-params``
-``train``                 ``global``, ``fedavg``      ``update`` + ``metrics``, or
-                                                      ``declined`` (opt-out)
-``evaluate``              ``global``, ``fedavg``      ``metrics``, or ``declined``
-``train.personalise``     ``global`` (best model)     ``metrics``
+``train``                 ``global`` or               ``update`` + ``metrics``, or
+                          ``clusters.*``, ``fedavg``  ``declined`` (opt-out)
+``evaluate``              ``global`` or               ``metrics``, or ``declined``
+                          ``clusters.*``, ``fedavg``
+``train.personalise``     ``global`` (best model),    ``metrics``
+                          ``clusters.*`` (IFCA)
 ``evaluate.personalise``  nothing                     ``metrics``
 ========================  ==========================  ================================
+
+``clusters.0``, ``clusters.1``, ... hold IFCA's cluster models (``clustered.enabled``):
+a ``train`` reply to them also holds ``cluster`` (the model trained) in its ``metrics``.
 
 ``global`` and ``update`` are ArrayRecords (one model, see :mod:`fedmoe.flower.records`);
 ``fedavg`` is a ConfigRecord holding ``round``; ``metrics`` a MetricRecord (every reply's
