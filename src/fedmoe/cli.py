@@ -160,6 +160,26 @@ def partition_cmd(
         console.print(f"plot written to {plot}")
 
 
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        help="Torch threads for this process (default: torch's choice); with several "
+        "processes on one machine give each 1."
+    ),
+]
+
+
+def _set_threads(threads: int | None) -> None:
+    """Apply ``--threads`` (refusing a count below 1)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 @app.command("run")
 def run_cmd(
     config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
@@ -176,6 +196,7 @@ def run_cmd(
     resume: Annotated[
         Path | None, typer.Option(help="Finish the interrupted run in this directory.")
     ] = None,
+    threads: Threads = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Run the paper's protocol: FedAvg, then Local, FT and MoE for every client."""
@@ -189,6 +210,7 @@ def run_cmd(
             "--resume DIR takes the run's own config; drop --config/--preset/--set/--out"
         )
     cfg = None if resume is not None else _config(config, preset, set_ or [])
+    _set_threads(threads)
     with progress_bars(console, enabled=not quiet) as bars:
         if resume is not None:
             results = rundir.resume(resume, bars)
@@ -232,13 +254,7 @@ def sweep_cmd(
         list[str] | None, typer.Option("--set", help="Base override: section.key=value.")
     ] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per cell (base seed + 0, 1, ...).")] = 1,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            help="Torch threads for this process (default: torch's choice); with several "
-            "workers on one machine give each 1."
-        ),
-    ] = None,
+    threads: Threads = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Run a grid of configs x seeds; finished runs are skipped, interrupted ones resume.
@@ -249,17 +265,12 @@ def sweep_cmd(
     from fedmoe.experiment.sweep import parse_axis, run_sweep
     from fedmoe.progress import progress_bars
 
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
     base: dict[str, Any] = get_preset(preset) if preset else {}
     if config is not None:
         base = _merge(base, cfgmod.load(config))
     base = cfgmod.apply_overrides(base, set_ or [])
     axes = [parse_axis(item) for item in grid]
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     with progress_bars(console, enabled=not quiet) as bars:
         path = run_sweep(base, axes, seeds, out, bars, log=console.print)
     console.print(f"sweep table written to {path}")

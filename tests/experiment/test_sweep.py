@@ -168,7 +168,7 @@ def test_a_directory_held_by_another_process_is_refused_until_it_dies(
 
 
 @pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
-def test_sweep_command_sets_the_worker_threads(
+def test_sweep_and_run_commands_set_the_threads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import json
@@ -190,6 +190,11 @@ def test_sweep_command_sets_the_worker_threads(
         main([*args, str(tmp_path / "s"), "--threads", "1"])
         results = json.loads((tmp_path / "s" / "runs" / "p=0.5-s0" / "results.json").read_text())
         assert results["threads"] == 1
+        run = ["run", "--config", str(toml), "--quiet", "--out", str(tmp_path / "r")]
+        assert "--threads must be at least 1, got -1" in _cli_error(capsys, *run, "--threads=-1")
+        torch.set_num_threads(2)
+        main([*run, "--threads", "1"])
+        assert json.loads((tmp_path / "r" / "results.json").read_text())["threads"] == 1
     finally:
         torch.set_num_threads(before)
 
