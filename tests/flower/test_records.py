@@ -15,6 +15,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from fedmoe.flower.records import (
     UpdateRejected,
     count_arrays,
+    models_from_content,
+    models_to_records,
     number,
     params_from_record,
     params_to_record,
@@ -143,3 +145,23 @@ def test_number_accepts_only_numbers() -> None:
     for bad in (True, "3", [1, 2], None):
         with pytest.raises(ValueError, match="'n' must be a number"):
             number(bad, "n")
+
+
+def test_several_models_round_trip_and_a_wrong_set_is_rejected() -> None:
+    one = model()
+    three = {name: torch.cat([p, p + 1, p + 2]) for name, p in one.items()}
+    records = models_to_records(three, "clusters")
+    assert sorted(records) == ["clusters.0", "clusters.1", "clusters.2"]
+    back = models_from_content(RecordDict(dict(records)), "clusters", 3, one)
+    assert back is not None
+    for name, tensor in three.items():
+        assert torch.equal(back[name], tensor)
+    assert (
+        models_from_content(RecordDict({"global": records["clusters.0"]}), "clusters", 3, one)
+        is None
+    )
+    with pytest.raises(UpdateRejected, match=r"expected the 2 models clusters\.0, clusters\.1"):
+        models_from_content(RecordDict(dict(records)), "clusters", 2, one)
+    del records["clusters.1"]
+    with pytest.raises(UpdateRejected, match=r"got clusters\.0, clusters\.2"):
+        models_from_content(RecordDict(dict(records)), "clusters", 3, one)
