@@ -269,8 +269,8 @@ def _federated_round(
         | ({} if clusters is None else {"clusters": clusters})
     )
     logger.info(
-        "fedmoe: %s round %d: aggregated %d of %d sampled clients; %s",
-        phase,
+        "fedmoe: %sround %d: aggregated %d of %d sampled clients; %s",
+        "" if clusters is None else "clustered ",
         round_,
         len(aggregated),
         len(sampled),
