@@ -8,8 +8,8 @@ For each method named (a mixture), and each p of the sweep, on the means over se
 - global: method >= 0.9 x FedAvg (at p in 0.5..0.9),
 - every p: method's local >= max(FT, Local).
 
-Prints one markdown table per method with the numbers and "met" / "NOT met", and how
-many seeds each cell has (a target is only established with 3).
+Prints one markdown table per method with the numbers and "met" / "NOT met", how many
+seeds each cell has (a target is only established with 3) and local - FT per seed.
 """
 
 from __future__ import annotations
@@ -31,6 +31,13 @@ def _mean(cell: Cell, method: str, split: str) -> float:
     return 100 * stat.mean
 
 
+def _per_seed(cell: Cell, method: str) -> str:
+    """``method``'s local-test accuracy minus FT's in each seed, in points."""
+    local = {(r.seed, r.method): r.local_acc for r in cell.rows}
+    diffs = [100 * (local[s, method] - local[s, "finetune"]) for s in cell.seeds(method)]
+    return ", ".join(f"{d:+.2f}" for d in diffs)
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
@@ -43,9 +50,9 @@ def table(directory: Path, method: str) -> str:
     lines = [
         f"{METHOD_LABELS.get(method, method)}:",
         "",
-        "| p | seeds | local | FT | Local | local - FT | >= FT + 1 | >= max(FT, Local) "
-        "| global | FedAvg | global / FedAvg | >= 0.9 x FedAvg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| p | seeds | local | FT | Local | local - FT | per seed | >= FT + 1 "
+        "| >= max(FT, Local) | global | FedAvg | global / FedAvg | >= 0.9 x FedAvg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in sweep.cells:
         p = cell.grid[at].number
@@ -54,7 +61,8 @@ def table(directory: Path, method: str) -> str:
         reach = p is not None and round(p, 6) in FEDERATION_REACH
         lines.append(
             f"| {cell.grid[at].text} | {len(cell.seeds(method))} | {local:.2f} | {ft:.2f} "
-            f"| {loc:.2f} | {local - ft:+.2f} | {_verdict(local >= ft + 1) if reach else '-'} "
+            f"| {loc:.2f} | {local - ft:+.2f} | {_per_seed(cell, method)} "
+            f"| {_verdict(local >= ft + 1) if reach else '-'} "
             f"| {_verdict(local >= max(ft, loc))} | {glob:.2f} | {fedavg:.2f} "
             f"| {glob / fedavg:.3f} | {_verdict(glob >= 0.9 * fedavg) if reach else '-'} |"
         )
