@@ -9,7 +9,7 @@ differ only by floating-point rounding of batched versus single-client kernels.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -28,9 +28,10 @@ from fedmoe.experiment.protocol import (
 from fedmoe.experiment.summary import gate_summary
 from fedmoe.flower.node_data import NodeData
 from fedmoe.methods import Mixture, PersonalisationResult, finetune, local, moe
-from fedmoe.methods.fedavg import best_models, evaluate_each, num_models
+from fedmoe.methods.fedavg import best_models, evaluate_each
 from fedmoe.methods.gating import (
     PRIOR_SCALE,
+    Experts,
     FittedGate,
     evaluate_gate,
     fit_gate,
@@ -167,13 +168,12 @@ def personalise(
     }
     config = gate_config(cfg)
 
-    def fit(experts: Params | None) -> FittedGate:
-        m = 0 if experts is None else num_models(experts)
+    def fit(train_ex: Experts, val_ex: Experts) -> FittedGate:
         return fit_gate(
             net,
-            moe_plus_net(cfg, data, net, gate_net, m),
-            gate_experts(net, ft.params, global_params, data.train, config, experts),
-            gate_experts(net, ft.params, global_params, data.val, config, experts),
+            moe_plus_net(cfg, data, net, gate_net, train_ex.num_clusters),
+            train_ex,
+            val_ex,
             log_prior_ratio(data.train, data.num_classes),
             config,
             personalise_config(cfg, cfg.moe_plus.lr),
@@ -182,11 +182,18 @@ def personalise(
         )
 
     plus = ifca_model = moe_ifca = None
-    if cfg.moe_plus.enabled:
-        plus = results[MOE_PLUS] = fit(None)
-    if clusters is not None:
-        ifca_model = int(best_models(Classifier(net), clusters, data.val)[0])
-        moe_ifca = results[MOE_IFCA] = fit(clusters)
+    if cfg.moe_plus.enabled or clusters is not None:
+        # The frozen experts' outputs, once: moe-plus gates over them without the
+        # cluster models, moe-ifca with them.
+        train_ex, val_ex = (
+            gate_experts(net, ft.params, global_params, split, config, clusters)
+            for split in (data.train, data.val)
+        )
+        if cfg.moe_plus.enabled:
+            plus = results[MOE_PLUS] = fit(_without_clusters(train_ex), _without_clusters(val_ex))
+        if clusters is not None:
+            ifca_model = int(best_models(Classifier(net), clusters, data.val)[0])
+            moe_ifca = results[MOE_IFCA] = fit(train_ex, val_ex)
     return Personalised(
         finetune=ft.params,
         local=loc.params,
@@ -262,25 +269,33 @@ def evaluate_models(
         ev, gate = evaluate_mixture(mixture, models.moe, split_data, majority)
         metrics[f"moe.{split}"] = float(ev.accuracy[0])
         metrics |= _gate_metrics("gate", split, gate)
-        gates: list[tuple[str, str, FittedGate | None, Params | None]] = [
-            ("gate-plus", MOE_PLUS, models.moe_plus, None)
-        ]
+        gates = [("gate-plus", MOE_PLUS, models.moe_plus)]
         if models.moe_ifca is not None and clusters is not None:
-            gates.append(("gate-ifca", MOE_IFCA, models.moe_ifca, clusters))
+            gates.append(("gate-ifca", MOE_IFCA, models.moe_ifca))
             chosen = rows(clusters, torch.tensor([models.ifca_model], device=device))
             ev = evaluate(Classifier(net), chosen, split_data)
             metrics[f"{IFCA}.{split}"] = float(ev.accuracy[0])
-        for prefix, name, fit, experts_of in gates:
-            if fit is None:
-                continue
-            experts = gate_experts(
-                net, models.finetune, global_params, split_data, fit.config, experts_of
-            )
+        fitted = [(prefix, name, fit) for prefix, name, fit in gates if fit is not None]
+        if not fitted:
+            continue
+        # Every gate was fitted with the same gate config (moe_plus.*), so the frozen
+        # experts' outputs are computed once, with the cluster models if moe-ifca ran.
+        config = fitted[0][2].config
+        all_experts = gate_experts(
+            net, models.finetune, global_params, split_data, config, clusters
+        )
+        for prefix, name, fit in fitted:
+            experts = all_experts if name == MOE_IFCA else _without_clusters(all_experts)
             ev, g = evaluate_gate(fit, experts)
             metrics[f"{name}.{split}"] = float(ev.accuracy[0])
             gate = gate_summary(g, experts.y, experts.valid(), majority)
             metrics |= _gate_metrics(prefix, split, gate)
     return metrics
+
+
+def _without_clusters(experts: Experts) -> Experts:
+    """The same outputs without the cluster models' (what ``moe-plus`` gates over)."""
+    return replace(experts, log_pc=None)
 
 
 def _gate_metrics(prefix: str, split: str, gate: dict[str, Any]) -> dict[str, float]:
