@@ -19,6 +19,7 @@ import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 
 from fedmoe.errors import FedmoeError
+from fedmoe.methods.fedavg import num_models
 from fedmoe.models import Params
 
 
@@ -75,10 +76,9 @@ def params_from_record(record: ArrayRecord, reference: Params) -> Params:
 
 def models_to_records(params: Params, prefix: str) -> dict[str, ArrayRecord]:
     """Several models (leading axis ``M``) as records ``<prefix>.0`` .. ``<prefix>.<M-1>``."""
-    count = int(next(iter(params.values())).shape[0])
     return {
         f"{prefix}.{j}": params_to_record({n: p[j : j + 1] for n, p in params.items()})
-        for j in range(count)
+        for j in range(num_models(params))
     }
 
 
