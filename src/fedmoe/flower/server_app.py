@@ -196,7 +196,8 @@ def _federated_round(
     """One FedAvg round (of IFCA's, when ``server`` holds several models); returns True
     when early stopping says to stop."""
     models = num_models(server.params)
-    phase, rounds = ("train", log.rounds) if models == 1 else ("clustered", log.cluster_rounds)
+    clustered = models > 1
+    phase, rounds = ("clustered", log.cluster_rounds) if clustered else ("train", log.rounds)
     reference = {name: p[:1] for name, p in server.params.items()}
     roster.discover(options.round_timeout)
     server.opt_in = np.asarray(roster.opt_in_clients())
@@ -240,13 +241,13 @@ def _federated_round(
         weights.append(info.num_train)
         aggregated.append(client)
         chosen.append(cluster)
-    clusters = None if models == 1 else chosen
+    clusters = chosen if clustered else None
     if updates:
         stacked = {name: torch.cat([u[name] for u in updates]) for name in server.params}
         server.aggregate(
             stacked,
             torch.tensor(weights, dtype=torch.int64),
-            None if clusters is None else np.asarray(clusters),
+            np.asarray(chosen) if clustered else None,
         )
     else:
         logger.warning("fedmoe: round %d: no valid update; the global model is unchanged", round_)
@@ -266,11 +267,11 @@ def _federated_round(
             "absent": absent,
             "validated": validated,
         }
-        | ({} if clusters is None else {"clusters": clusters})
+        | ({"clusters": chosen} if clustered else {})
     )
     logger.info(
         "fedmoe: %sround %d: aggregated %d of %d sampled clients; %s",
-        "" if clusters is None else "clustered ",
+        "clustered " if clustered else "",
         round_,
         len(aggregated),
         len(sampled),
