@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from fedmoe.errors import FedmoeError
+from fedmoe.experiment.paired import differences
 from fedmoe.experiment.sweep_format import METHOD_LABELS
 from fedmoe.experiment.sweep_results import Cell, accuracy, read_sweep
 
@@ -33,9 +34,7 @@ def _mean(cell: Cell, method: str, split: str) -> float:
 
 def _per_seed(cell: Cell, method: str) -> str:
     """``method``'s local-test accuracy minus FT's in each seed, in points."""
-    local = {(r.seed, r.method): r.local_acc for r in cell.rows}
-    diffs = [100 * (local[s, method] - local[s, "finetune"]) for s in cell.seeds(method)]
-    return ", ".join(f"{d:+.2f}" for d in diffs)
+    return ", ".join(f"{100 * d:+.2f}" for d in differences(cell, method, "finetune", "local"))
 
 
 def _verdict(ok: bool) -> str:
