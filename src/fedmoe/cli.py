@@ -112,7 +112,7 @@ def partition_cmd(
     from fedmoe.data import load_dataset
     from fedmoe.data.partition import make_partition, partition_to_json
     from fedmoe.experiment.config import PartitionConfig, Scheme, check_choice
-    from fedmoe.experiment.protocol import partition_spec
+    from fedmoe.experiment.prepare import partition_spec
 
     check_choice("--scheme", scheme, typing.get_args(Scheme))
     section = PartitionConfig(
@@ -199,10 +199,10 @@ def run_cmd(
     threads: Threads = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Run the paper's protocol: FedAvg, then Local, FT and MoE for every client."""
+    """Run the configured methods (default: FedAvg, Local, FT and MoE) on every client."""
     from fedmoe.experiment import rundir
-    from fedmoe.experiment.protocol import run_experiment
     from fedmoe.experiment.results import results_table
+    from fedmoe.experiment.run import run_experiment
     from fedmoe.progress import progress_bars
 
     if resume is not None and (config or preset or set_ or out):
@@ -261,9 +261,9 @@ def sweep_cmd(
     Several workers may share one --out: each skips the runs another is running."""
     from fedmoe.experiment import config as cfgmod
     from fedmoe.experiment.presets import preset as get_preset
-    from fedmoe.experiment.report import write_report
-    from fedmoe.experiment.sweep import parse_axis, run_sweep
     from fedmoe.progress import progress_bars
+    from fedmoe.report import write_report
+    from fedmoe.sweep.runner import parse_axis, run_sweep
 
     base: dict[str, Any] = get_preset(preset) if preset else {}
     if config is not None:
@@ -282,7 +282,7 @@ def report_cmd(
     directory: Annotated[Path, typer.Argument(help="A sweep directory (with sweep.csv).")],
 ) -> None:
     """Write DIR/report.md and DIR/plots/*.png from a sweep's results."""
-    from fedmoe.experiment.report import write_report
+    from fedmoe.report import write_report
 
     console.print(f"report written to {write_report(directory)}")
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedmoe.engine.train import ProgressFn
-from fedmoe.experiment.protocol import ProgressFactory
+from fedmoe.methods.base import ProgressFactory
 
 
 @contextmanager

@@ -2,13 +2,14 @@
 
 from fedmoe.engine.cohort import ClientData
 from fedmoe.engine.evaluate import Evaluation, evaluate
-from fedmoe.engine.objective import Classifier, Dropout, Objective
+from fedmoe.engine.objective import Classifier, ClientLoss, Dropout, Objective, mean_nll
 from fedmoe.engine.optim import OptimizerConfig
 from fedmoe.engine.train import EarlyStopping, TrainConfig, TrainResult, batch_order, train
 
 __all__ = [
     "Classifier",
     "ClientData",
+    "ClientLoss",
     "Dropout",
     "EarlyStopping",
     "Evaluation",
@@ -18,5 +19,6 @@ __all__ = [
     "TrainResult",
     "batch_order",
     "evaluate",
+    "mean_nll",
     "train",
 ]

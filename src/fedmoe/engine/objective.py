@@ -1,14 +1,17 @@
 """What the engine trains: a differentiable map from parameters and inputs to log-probs.
 
-A method declares an :class:`Objective`; the engine trains its parameters with the
-negative log-likelihood of the labels under those log-probabilities. Frozen parameters
-(a global expert, say) live inside the objective, not in the trained dict.
+A method declares an :class:`Objective`; the engine trains its parameters with each
+client's mean negative log-likelihood of the labels under those log-probabilities, or,
+when the objective defines ``client_loss`` (:class:`ClientLoss`), with that per-client
+loss (a proximal term, a two-model loss, a regulariser). Validation (early stopping)
+always scores the log-probabilities' NLL. Frozen parameters (a global expert, say) live
+inside the objective, not in the trained dict.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -44,6 +47,47 @@ class Objective(Protocol):
         """``x``: ``(K, B, *shape)``; returns ``(K, B, classes)``. ``dropout`` is ``None``
         in evaluation mode."""
         ...
+
+
+@runtime_checkable
+class ClientLoss(Protocol):
+    """An objective with its own training loss."""
+
+    def client_loss(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        valid: torch.Tensor,
+        dropout: Dropout | None,
+    ) -> torch.Tensor:
+        """Each client's loss on one batch ``(K,)``: ``x`` ``(K, B, *shape)``, labels
+        ``y`` and real-example mask ``valid`` ``(K, B)``. Client k's loss may depend only
+        on client k's rows of ``params`` (the engine sums them to get every client's own
+        gradient)."""
+        ...
+
+
+def mean_nll(log_probs: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each client's mean NLL over its valid examples ``(K,)`` (0 for a client with
+    none)."""
+    losses = -log_probs.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    return torch.where(valid, losses, 0.0).sum(1) / valid.sum(1).clamp(min=1)
+
+
+def client_losses(
+    objective: Objective,
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    valid: torch.Tensor,
+    dropout: Dropout | None,
+) -> torch.Tensor:
+    """The per-client training loss ``(K,)`` of ``objective``: its ``client_loss`` if it
+    has one, else :func:`mean_nll` of its log-probabilities."""
+    if isinstance(objective, ClientLoss):
+        return objective.client_loss(params, x, y, valid, dropout)
+    return mean_nll(objective.log_probs(params, x, dropout), y, valid)
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,1 @@
-"""Experiments: typed configuration, the paper's protocol, results."""
+"""Experiments: typed configuration, presets, preparation, the one driver, results."""

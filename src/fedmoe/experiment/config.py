@@ -9,21 +9,21 @@ section validates its ranges; :func:`apply_overrides` applies ``key=value`` stri
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import tomllib
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from fedmoe.errors import ConfigError
+from fedmoe.methods import registry
+from fedmoe.methods.builtin import DEFAULT_METHODS
 
 Scheme = Literal["majority", "dirichlet", "iid", "shards"]
 OptName = Literal["adam", "sgd"]
-PoolName = Literal["probability", "log-linear"]
-ScheduleName = Literal["joint", "staged"]
 DType = Literal["float32", "float64"]
-GateInputsName = Literal["features", "image"]
-GateDataName = Literal["heldout", "train"]
 
 
 def _check(ok: bool, message: str) -> None:
@@ -85,8 +85,8 @@ class StoppingConfig:
 
 
 @dataclass(frozen=True)
-class FedAvgSection:
-    """The federated phase."""
+class FederatedSection:
+    """The federated phase every federating method shares."""
 
     rounds: int = 300
     clients_per_round: int = 5
@@ -103,108 +103,38 @@ class FedAvgSection:
     def validate(self) -> None:
         _check(
             self.checkpoint_every >= 1,
-            f"fedavg.checkpoint_every must be at least 1, got {self.checkpoint_every}",
+            f"federated.checkpoint_every must be at least 1, got {self.checkpoint_every}",
         )
-        _check(self.rounds >= 1, f"fedavg.rounds must be at least 1, got {self.rounds}")
+        _check(self.rounds >= 1, f"federated.rounds must be at least 1, got {self.rounds}")
         _check(
             self.clients_per_round >= 1,
-            f"fedavg.clients_per_round must be at least 1, got {self.clients_per_round}",
+            f"federated.clients_per_round must be at least 1, got {self.clients_per_round}",
         )
         _check(
             self.local_epochs >= 1,
-            f"fedavg.local_epochs must be at least 1, got {self.local_epochs}",
+            f"federated.local_epochs must be at least 1, got {self.local_epochs}",
         )
-        _validate_optim("fedavg", self.batch_size, self.lr, self.momentum, self.weight_decay)
-        self.stopping.validate("fedavg.stopping")
+        _validate_optim("federated", self.batch_size, self.lr, self.momentum, self.weight_decay)
+        self.stopping.validate("federated.stopping")
 
 
 @dataclass(frozen=True)
 class PersonaliseSection:
-    """The personalisation phase (Local, FT and MoE for every client)."""
+    """Every personalisation stage's training settings (a method's own section may set
+    its learning rate)."""
 
     epochs: int = 500
     batch_size: int = 10
     optimizer: OptName = "adam"
     lr: float = 5e-5
-    moe_lr: float = 1e-5
     momentum: float = 0.0
     weight_decay: float = 0.0
-    pool: PoolName = "probability"
-    train_specialist: bool = True
-    gate_bias: float = 0.0
-    moe_schedule: ScheduleName = "joint"
     stopping: StoppingConfig = field(default_factory=StoppingConfig)
 
     def validate(self) -> None:
         _check(self.epochs >= 1, f"personalise.epochs must be at least 1, got {self.epochs}")
         _validate_optim("personalise", self.batch_size, self.lr, self.momentum, self.weight_decay)
-        _check(self.moe_lr > 0, f"personalise.moe_lr must be positive, got {self.moe_lr}")
         self.stopping.validate("personalise.stopping")
-
-
-@dataclass(frozen=True)
-class MoePlusSection:
-    """``moe-plus`` (fedmoe.methods.gating): a gate fitted over the frozen fine-tuned
-    specialist and global expert. ``ablation`` also fits every one-option-switched
-    variant and reports them under ``ablation`` in results.json."""
-
-    enabled: bool = False
-    inputs: GateInputsName = "features"
-    data: GateDataName = "heldout"
-    calibrate: bool = True
-    prior: bool = True
-    adjust: bool = True
-    lr: float = 1e-3
-    ablation: bool = False
-
-    def validate(self) -> None:
-        _check(self.lr > 0, f"moe_plus.lr must be positive, got {self.lr}")
-
-
-@dataclass(frozen=True)
-class CentralisedSection:
-    """A centralised-training upper bound: one model trained on every client's training
-    data pooled, early-stopped on the pooled validation sets (every epoch)."""
-
-    enabled: bool = False
-    epochs: int = 100
-    batch_size: int = 50
-    lr: float = 1e-3
-    patience: int = 5
-
-    def validate(self) -> None:
-        _check(self.epochs >= 1, f"centralised.epochs must be at least 1, got {self.epochs}")
-        _check(
-            self.batch_size >= 1,
-            f"centralised.batch_size must be at least 1, got {self.batch_size}",
-        )
-        _check(self.lr > 0, f"centralised.lr must be positive, got {self.lr}")
-        _check(self.patience >= 1, f"centralised.patience must be at least 1, got {self.patience}")
-
-
-@dataclass(frozen=True)
-class MoeStagedSection:
-    """The paper's MoE trained with the staged schedule too (the gate alone with both
-    experts frozen, then specialist and gate jointly), reported as method
-    ``moe-staged`` beside the joint ``moe``."""
-
-    enabled: bool = False
-
-
-@dataclass(frozen=True)
-class ClusteredSection:
-    """IFCA-style clustered global models (``fedmoe.methods.fedavg``): ``models`` global
-    models federated with the ``fedavg`` section's settings, each round's clients
-    training the one that fits their data best. Adds the methods ``ifca`` (each client's
-    best cluster model on its validation data) and ``moe-ifca`` (the ``moe-plus`` gate,
-    with the ``moe_plus`` section's options, over the client's specialist, the global
-    model and the cluster models)."""
-
-    enabled: bool = False
-    models: int = 3
-
-    def validate(self) -> None:
-        _check(self.models >= 2, f"clustered.models must be at least 2, got {self.models}")
 
 
 def _validate_optim(where: str, batch: int, lr: float, momentum: float, wd: float) -> None:
@@ -216,7 +146,8 @@ def _validate_optim(where: str, batch: int, lr: float, momentum: float, wd: floa
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """A whole experiment: data, partition, both phases, seed and device."""
+    """A whole experiment: data, partition, the methods to run (in order) with their
+    ``[method.<name>]`` sections, the shared phases' settings, seed and device."""
 
     dataset: str = "fashion-mnist"
     data_dir: str = ""
@@ -227,13 +158,20 @@ class ExperimentConfig:
     dropout: float = 0.5
     max_cohort: int = 1024
     tensorboard: bool = False
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    #: Modules imported before the methods are looked up: where your own methods
+    #: register themselves (``fedmoe.methods.register``).
+    plugins: tuple[str, ...] = ()
     partition: PartitionConfig = field(default_factory=PartitionConfig)
-    fedavg: FedAvgSection = field(default_factory=FedAvgSection)
+    federated: FederatedSection = field(default_factory=FederatedSection)
     personalise: PersonaliseSection = field(default_factory=PersonaliseSection)
-    moe_plus: MoePlusSection = field(default_factory=MoePlusSection)
-    centralised: CentralisedSection = field(default_factory=CentralisedSection)
-    clustered: ClusteredSection = field(default_factory=ClusteredSection)
-    moe_staged: MoeStagedSection = field(default_factory=MoeStagedSection)
+    #: Each listed method's options (its ``options`` dataclass) as (name, options)
+    #: pairs, so the config stays hashable; :meth:`options` looks one up.
+    method: tuple[tuple[str, Any], ...] = ()
+
+    def options(self, name: str) -> Any:
+        """The options of the listed method ``name`` (``None`` if it has none)."""
+        return dict(self.method).get(name)
 
     def validate(self) -> ExperimentConfig:
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
@@ -243,24 +181,77 @@ class ExperimentConfig:
             self.device == "cpu" or self.device.startswith(("cuda", "mps")),
             f"device must be cpu, cuda, cuda:N or mps, got {self.device!r}",
         )
+        _check(bool(self.methods), "methods must list at least one method")
         self.partition.validate()
-        self.fedavg.validate()
+        self.federated.validate()
         self.personalise.validate()
-        self.moe_plus.validate()
-        self.centralised.validate()
-        self.clustered.validate()
-        _check(
-            not self.moe_staged.enabled or self.personalise.moe_schedule == "joint",
-            "moe_staged.enabled compares the staged schedule with the joint one and needs "
-            "personalise.moe_schedule = 'joint'",
-        )
-        gated = self.moe_plus.enabled or self.clustered.enabled
-        _check(
-            not gated or self.moe_plus.data == "train" or self.partition.val >= 2,
-            "moe_plus.data = 'heldout' splits each client's validation set in two (gate fit, "
-            f"early stopping) and needs partition.val >= 2, got {self.partition.val}",
-        )
+        registry.check_order(self.methods)
+        resolved = to_dict(self)
+        for name in self.methods:
+            options = self.options(name)
+            if options is not None and hasattr(options, "validate"):
+                options.validate(f"method.{name}")
+            registry.get(name).validate(options, resolved)
         return self
+
+
+#: Format-1 keys that are gone, and what to write instead.
+_MOVED = {
+    "fedavg": "the [fedavg] section is now [federated] (same keys)",
+    "moe_plus": 'list "moe-plus" in methods (methods = [..., "moe-plus"]) and put its '
+    "options (all but enabled) in [method.moe-plus]",
+    "clustered": 'list "ifca" and "moe-ifca" in methods and write method.ifca.models '
+    "for clustered.models",
+    "centralised": 'list "centralised" in methods and put its options (all but enabled) '
+    "in [method.centralised]",
+    "moe_staged": 'list "moe-staged" in methods',
+    "personalise.moe_lr": "write method.moe.lr (and method.moe-staged.lr)",
+    "personalise.pool": "write method.moe.pool",
+    "personalise.train_specialist": "write method.moe.train_specialist",
+    "personalise.gate_bias": "write method.moe.gate_bias",
+    "personalise.moe_schedule": "write method.moe.schedule",
+}
+
+
+def _reject_format_one(data: Mapping[str, Any]) -> None:
+    for key, instead in _MOVED.items():
+        section, _, name = key.partition(".")
+        present = section in data if not name else name in data.get(section, {})
+        if present:
+            what = f"[{key}]" if not name else key
+            raise ConfigError(f"{what} is from an older fedmoe config: {instead}")
+
+
+def import_plugins(modules: tuple[str, ...]) -> None:
+    """Import each module of ``plugins`` (so its methods register), one-line errors."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # a broken plugin must not be a bare traceback
+            raise ConfigError(f"plugins: cannot import {module!r}: {exc}") from None
+
+
+def _method_sections(data: Mapping[str, Any], listed: tuple[str, ...]) -> dict[str, Any]:
+    """Each listed method's options from the ``method`` table (defaults where absent)."""
+    given = data.get("method", {})
+    if not isinstance(given, dict):
+        raise ConfigError(f"method must be a table of method sections, got {given!r}")
+    for name in given:
+        registry.get(name)
+        if name not in listed:
+            raise ConfigError(
+                f"[method.{name}] configures a method that is not in methods; add "
+                f"{name!r} to methods or remove the section"
+            )
+    sections: dict[str, Any] = {}
+    for name in listed:
+        cls = registry.get(name).options
+        if cls is None:
+            if given.get(name):
+                raise ConfigError(f"method {name!r} has no options, got [method.{name}]")
+            continue
+        sections[name] = _coerce(given.get(name, {}), cls, f"method.{name}")
+    return sections
 
 
 def _type_name(tp: Any) -> str:
@@ -275,6 +266,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a table, got {value!r}")
         return _build(tp, value, key + ".")
+    if get_origin(tp) is tuple:
+        if isinstance(value, str):  # "a,b,c" (--set methods=a,b and Flower's run config)
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+        return tuple(value)
     if get_origin(tp) is Literal:
         if value not in get_args(tp):
             raise ConfigError(f"{key} must be one of {_type_name(tp)}, got {value!r}")
@@ -300,13 +297,30 @@ def _build(cls: Any, data: dict[str, Any], prefix: str = "") -> Any:
 
 def from_dict(data: dict[str, Any]) -> ExperimentConfig:
     """A validated configuration from a (TOML-shaped) dict; missing keys take defaults."""
-    cfg: ExperimentConfig = _build(ExperimentConfig, data)
+    _reject_format_one(data)
+    plain = {k: v for k, v in data.items() if k != "method"}
+    cfg: ExperimentConfig = _build(ExperimentConfig, plain)
+    import_plugins(cfg.plugins)
+    sections = tuple(_method_sections(data, cfg.methods).items())
+    cfg = dataclasses.replace(cfg, method=sections)
     return cfg.validate()
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """The configuration as a plain dict (for TOML and JSON)."""
-    return dataclasses.asdict(cfg)
+    """The configuration as a plain dict (for TOML and JSON; lists for tuples, the
+    method sections as a table)."""
+    out: dict[str, Any] = _plain(dataclasses.asdict(cfg))
+    if isinstance(cfg, ExperimentConfig):
+        out["method"] = {name: _plain(dataclasses.asdict(o)) for name, o in cfg.method}
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def load(path: Path) -> dict[str, Any]:

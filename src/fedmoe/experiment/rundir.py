@@ -25,9 +25,10 @@ from typing import Any
 from fedmoe.errors import ConfigError
 from fedmoe.experiment import config as cfgmod
 from fedmoe.experiment.config import ExperimentConfig
-from fedmoe.experiment.protocol import ProgressFactory, run_experiment
 from fedmoe.experiment.results import write_results
+from fedmoe.experiment.run import run_experiment
 from fedmoe.experiment.tensorboard import TensorBoardLog
+from fedmoe.methods.base import ProgressFactory
 
 CONFIG, RESULTS, CHECKPOINTS, LOCK = "config.toml", "results.json", "checkpoints", ".lock"
 

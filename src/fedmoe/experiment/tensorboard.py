@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmoe.errors import ConfigError
-from fedmoe.methods.fedavg import RoundRecord
+from fedmoe.federation import RoundRecord
 
 
 class TensorBoardLog:
@@ -27,16 +27,16 @@ class TensorBoardLog:
         self.writer = SummaryWriter(log_dir=str(directory))
 
     def round(self, record: RoundRecord) -> None:
-        """Log one FedAvg round's validation of the global model (check rounds only)."""
+        """Log one federated round's validation of the global model (check rounds only)."""
         if record.val_loss is None or record.val_accuracy is None:
             return
-        self.writer.add_scalar("fedavg/val_loss", record.val_loss, record.round)
-        self.writer.add_scalar("fedavg/val_accuracy", record.val_accuracy, record.round)
+        self.writer.add_scalar("federated/val_loss", record.val_loss, record.round)
+        self.writer.add_scalar("federated/val_accuracy", record.val_accuracy, record.round)
         self.writer.flush()
 
     def results(self, results: dict[str, Any]) -> None:
         """Log every method's client-mean accuracy on local and global test."""
-        for method, splits in results["methods"].items():
-            for split, summary in splits.items():
-                self.writer.add_scalar(f"{method}/{split}_accuracy", summary["mean"], 0)
+        for method, entry in results["methods"].items():
+            for split in ("local_test", "global_test"):
+                self.writer.add_scalar(f"{method}/{split}_accuracy", entry[split]["mean"], 0)
         self.writer.close()

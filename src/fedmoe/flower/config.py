@@ -2,7 +2,8 @@
 
 The run config (``[tool.flwr.app.config]`` in pyproject.toml, overridden with
 ``flwr run . --run-config "key=value ..."``) is fedmoe's experiment config flattened
-with dots (``partition.clients``, ``fedavg.stopping.patience``, ...), plus a ``flower``
+with dots (``partition.clients``, ``federated.stopping.patience``, ``method.moe.lr``,
+...; lists such as ``methods`` as comma-separated strings), plus a ``flower``
 table for what only the Flower app needs (:class:`FlowerOptions`). Flower silently
 ignores an override whose key is not in the defaults, so pyproject.toml lists every key.
 
@@ -19,6 +20,8 @@ from typing import Any
 
 from fedmoe.errors import ConfigError
 from fedmoe.experiment.config import ExperimentConfig, from_dict, to_dict
+from fedmoe.methods import registry
+from fedmoe.methods.builtin import DEFAULT_METHODS
 
 #: A Flower user config: flat keys to scalars (``flwr.app.UserConfig``).
 UserConfig = Mapping[str, bool | int | float | str]
@@ -33,9 +36,10 @@ class FlowerOptions:
     ``out``: directory for results.json / results.md / config.toml (a relative path is
     resolved against the ServerApp process's working directory: pass an absolute one).
     ``round_timeout``: seconds a FedAvg round (training, then validation) waits for
-    replies. ``personalise_timeout``: seconds the personalisation step and its
-    evaluation each wait. ``join_timeout``: seconds to wait at the start for
-    ``min_nodes`` clients (0: ``partition.clients``) to connect and say who they are.
+    replies. ``personalise_timeout``: seconds per listed method that the personalisation
+    step and its evaluation each wait for every node (so the wait grows with the work).
+    ``join_timeout``: seconds to wait at the start for ``min_nodes`` clients (0:
+    ``partition.clients``) to connect and say who they are.
     ``poll_interval``: seconds between polls for replies.
     """
 
@@ -81,6 +85,8 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     for key, value in data.items():
         if isinstance(value, Mapping):
             flat |= _flatten(value, f"{prefix}{key}.")
+        elif isinstance(value, list | tuple):
+            flat[prefix + key] = ",".join(str(v) for v in value)  # Flower holds scalars only
         else:
             flat[prefix + key] = value
     return flat
@@ -115,18 +121,22 @@ def split_run_config(run_config: UserConfig) -> tuple[ExperimentConfig, FlowerOp
     if not isinstance(flower, dict):
         raise ConfigError("run config key 'flower' must be a table")
     options = _typed(FlowerOptions, flower, "flower.").validate()
+    listed = nested.get("methods", DEFAULT_METHODS)
+    if isinstance(listed, str):
+        listed = [m.strip() for m in listed.split(",") if m.strip()]
+    sections = nested.get("method")
+    if isinstance(sections, dict):
+        # pyproject.toml lists every method's options (Flower drops overrides of keys it
+        # does not list); only the listed methods' sections belong to the run.
+        nested["method"] = {k: v for k, v in sections.items() if k in listed}
     cfg = from_dict(nested)
-    for section in ("moe_staged", "centralised"):
-        if getattr(cfg, section).enabled:
+    for name in cfg.methods:
+        why = registry.get(name).node_support(cfg.options(name))
+        if why is not None:
             raise ConfigError(
-                f"{section}.enabled: the Flower app runs FedAvg, Local, FT, MoE, MoE+ and "
-                f"the clustered models; run {section} in the embedded simulator (fedmoe run)"
+                f"method {name!r} cannot run on Flower nodes: {why}; run it in the embedded "
+                "simulator (fedmoe run)"
             )
-    if cfg.moe_plus.enabled and cfg.moe_plus.ablation:
-        raise ConfigError(
-            "moe_plus.ablation: the Flower app fits MoE+ without its ablation; "
-            "run the ablation in the embedded simulator (fedmoe run)"
-        )
     return cfg, options
 
 

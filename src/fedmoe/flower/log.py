@@ -27,9 +27,11 @@ class Rejection:
 class FederationLog:
     """What happened, for the report."""
 
-    rounds: list[dict[str, Any]] = field(default_factory=list)
-    cluster_rounds: list[dict[str, Any]] = field(default_factory=list)
+    #: Each federated method's rounds, by method name.
+    rounds: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     rejected: list[Rejection] = field(default_factory=list)
+    #: Clients whose personalised results were lost, and why.
+    lost: dict[int, str] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
 
     def reject(self, phase: str, round_: int, info: NodeInfo, reason: str) -> None:

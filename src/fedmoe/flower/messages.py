@@ -2,27 +2,27 @@
 
 Server -> node, and what comes back:
 
-========================  ==========================  ================================
-message type              server sends                node replies
-========================  ==========================  ================================
-``query.hello``           nothing                     ``node``, ``partition-params``
-``train``                 ``global`` or               ``update`` + ``metrics``, or
-                          ``clusters.*``, ``fedavg``  ``declined`` (opt-out)
-``evaluate``              ``global`` or               ``metrics``, or ``declined``
-                          ``clusters.*``, ``fedavg``
-``train.personalise``     ``global`` (best model),    ``metrics``
-                          ``clusters.*`` (IFCA)
-``evaluate.personalise``  nothing                     ``metrics``
-========================  ==========================  ================================
+========================  ===============================  ===========================
+message type              server sends                     node replies
+========================  ===============================  ===========================
+``query.hello``           nothing                          ``node``, ``partition-params``
+``train``                 ``round`` (method, round),       ``update`` + ``metrics``, or
+                          ``server`` (or ``server.*``)     ``declined`` (opt-out)
+``evaluate``              ``round``, ``server``            ``metrics``, or ``declined``
+``train.personalise``     ``federated.<method>`` (or       ``metrics``
+                          ``federated.<method>.*``) for
+                          each federated method
+``evaluate.personalise``  nothing                          ``metrics``, ``variants``
+========================  ===============================  ===========================
 
-``clusters.0``, ``clusters.1``, ... hold IFCA's cluster models (``clustered.enabled``):
-a ``train`` reply to them also holds ``cluster`` (the model trained) in its ``metrics``.
-
-``global`` and ``update`` are ArrayRecords (one model, see :mod:`fedmoe.flower.records`);
-``fedavg`` is a ConfigRecord holding ``round``; ``metrics`` a MetricRecord (every reply's
-``metrics`` also holds ``threads``, the node's torch thread count); ``node`` and
-``partition-params`` are ConfigRecords of metadata; ``declined`` a ConfigRecord holding
-``reason``.
+A method's server model is one ArrayRecord (``server``) or, with several (IFCA's
+clusters), ``server.0``, ``server.1``, ... (see :mod:`fedmoe.flower.records`). A
+``train`` reply's ``metrics`` hold ``num-examples`` and, for a method whose clients pick
+one of several server models, ``choice``. ``round`` is a ConfigRecord holding
+``method`` and ``round``; ``metrics`` a MetricRecord (every reply's ``metrics`` also holds
+``threads``, the node's torch thread count); ``variants`` a ConfigRecord of each
+method's variant labels; ``node`` and ``partition-params`` are ConfigRecords of
+metadata; ``declined`` a ConfigRecord holding ``reason``.
 """
 
 HELLO = "query.hello"
@@ -31,12 +31,13 @@ VALIDATE = "evaluate"
 PERSONALISE = "train.personalise"
 EVALUATE = "evaluate.personalise"
 
-GLOBAL = "global"
-#: Prefix of the records ``clusters.0``, ``clusters.1``, ... holding IFCA's cluster models.
-CLUSTERS = "clusters"
+ROUND = "round"
+SERVER = "server"
+#: Prefix of the records holding each federated method's best server model(s).
+FEDERATED = "federated"
 UPDATE = "update"
-FEDAVG = "fedavg"
 METRICS = "metrics"
+VARIANTS = "variants"
 DECLINED = "declined"
 NODE = "node"
 PARTITION = "partition-params"

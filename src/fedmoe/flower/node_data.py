@@ -36,7 +36,7 @@ from fedmoe.data.partition import Partition
 from fedmoe.engine import ClientData
 from fedmoe.errors import DataError
 from fedmoe.experiment.config import ExperimentConfig
-from fedmoe.experiment.protocol import (
+from fedmoe.experiment.prepare import (
     input_stats,
     partition_of,
     resolve_device,

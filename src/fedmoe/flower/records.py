@@ -19,7 +19,7 @@ import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 
 from fedmoe.errors import FedmoeError
-from fedmoe.methods.fedavg import num_models
+from fedmoe.federation import State, num_models
 from fedmoe.models import Params
 
 
@@ -98,6 +98,40 @@ def models_from_content(
         )
     models = [params_from_record(content.array_records[k], reference) for k in expected]
     return {n: torch.cat([m[n] for m in models]) for n in reference}
+
+
+def server_to_records(params: Params, name: str) -> dict[str, ArrayRecord]:
+    """A server's model(s) as records: ``name`` for one model, ``name.0`` ... for
+    several (leading axis)."""
+    if num_models(params) == 1:
+        return {name: params_to_record(params)}
+    return models_to_records(params, name)
+
+
+def server_from_content(content: RecordDict, name: str, reference: Params) -> Params:
+    """The server model(s) :func:`server_to_records` put in ``content`` under ``name``,
+    each checked against ``reference`` (the method's initial server model(s), whose
+    leading axis says how many); :class:`UpdateRejected` when absent or malformed."""
+    count = num_models(reference)
+    one = {n: p[:1] for n, p in reference.items()}
+    if count == 1:
+        if name not in content.array_records:
+            raise UpdateRejected(f"the message carries no {name!r} model")
+        return params_from_record(content.array_records[name], one)
+    models = models_from_content(content, name, count, one)
+    if models is None:
+        raise UpdateRejected(f"the message carries none of the {count} {name!r} models")
+    return models
+
+
+def state_to_record(state: State) -> ArrayRecord:
+    """A node's own state (any shapes) as an ArrayRecord, for ``context.state``."""
+    return ArrayRecord({n: Array(t.detach().cpu().contiguous().numpy()) for n, t in state.items()})
+
+
+def state_from_record(record: ArrayRecord, device: torch.device) -> State:
+    """The state :func:`state_to_record` kept (the node's own: not validated further)."""
+    return {n: torch.from_numpy(_decode(n, record[n]).copy()).to(device) for n in record}
 
 
 def _decode(name: str, array: Any) -> np.ndarray:

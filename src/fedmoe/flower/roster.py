@@ -247,10 +247,12 @@ class Roster:
         round_: int,
         targets: Mapping[int, tuple[str, RecordDict]],
         timeout: float,
+        await_suspects: bool = False,
     ) -> dict[int, Message]:
         """Send ``targets`` (node id -> (message type, content)) and collect replies
-        until every non-suspect target has answered or ``timeout`` seconds pass.
-        Returns node id -> reply for the replies that arrived; audits each."""
+        until every non-suspect target (every target, with ``await_suspects``) has
+        answered or ``timeout`` seconds pass. Returns node id -> reply for the replies
+        that arrived; audits each."""
         if not targets:
             return {}
         messages = [
@@ -261,7 +263,9 @@ class Roster:
         pending = {mid: nid for mid, nid in zip(ids, targets, strict=True) if mid}
         for nid in set(targets) - set(pending.values()):
             logger.warning("fedmoe: %s: could not send to node %d", phase, nid)
-        awaited = {mid for mid, nid in pending.items() if nid not in self.suspects}
+        awaited = {
+            mid for mid, nid in pending.items() if await_suspects or nid not in self.suspects
+        }
         replies: dict[int, Message] = {}
         deadline = time.monotonic() + timeout
         while pending:

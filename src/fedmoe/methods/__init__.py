@@ -1,21 +1,16 @@
-"""Methods, each small and declarative over the engine: what is trained, what is frozen,
-the objective, the initialisation, and (for FedAvg) the server's aggregation."""
+"""Methods, each a value in one file (see :mod:`fedmoe.methods.base`), listed by
+:mod:`fedmoe.methods.registry`."""
 
-from fedmoe.methods.fedavg import FedAvgConfig, FedAvgResult, FedAvgServer, aggregate, federate
-from fedmoe.methods.mixture import Mixture, MixtureConfig, Pool
-from fedmoe.methods.personalise import PersonalisationResult, finetune, local, moe
+from fedmoe.methods.base import Evaluated, GateValues, Method, Output, RunSpec
+from fedmoe.methods.registry import get, names, register
 
 __all__ = [
-    "FedAvgConfig",
-    "FedAvgResult",
-    "FedAvgServer",
-    "Mixture",
-    "MixtureConfig",
-    "PersonalisationResult",
-    "Pool",
-    "aggregate",
-    "federate",
-    "finetune",
-    "local",
-    "moe",
+    "Evaluated",
+    "GateValues",
+    "Method",
+    "Output",
+    "RunSpec",
+    "get",
+    "names",
+    "register",
 ]

@@ -1,8 +1,10 @@
 """``fedmoe report DIR``: tables and plots of a sweep directory, as markdown + PNG.
 
-Input: what ``fedmoe sweep`` writes (:mod:`fedmoe.experiment.sweep_results` reads and
-validates it). Output: ``DIR/report.md`` and ``DIR/plots/*.png``
-(:mod:`fedmoe.experiment.report_plots`). Every problem with the input is a
+Input: what ``fedmoe sweep`` writes (:mod:`fedmoe.sweep.reader` reads and validates
+it; results.json in format 2, docs/results-format.md). Output: ``DIR/report.md`` and
+``DIR/plots/*.png`` (:mod:`fedmoe.report.figures`). No method is named here: what the
+report shows of each (label, description, gate, paired baselines, variants) comes from
+its entry in the runs' results.json. Every problem with the input is a
 :class:`ReportError` naming the file (and line) at fault, raised before anything is
 written.
 """
@@ -15,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from fedmoe.errors import FedmoeError
-from fedmoe.experiment.config import ExperimentConfig, to_dict
-from fedmoe.experiment.paired import paired_section
-from fedmoe.experiment.plots import method_label
-from fedmoe.experiment.report_plots import Plot, Skipped, write_plots
-from fedmoe.experiment.sweep_results import (
+from fedmoe.experiment import config as cfgmod
+from fedmoe.report.figures import Plot, Skipped, write_plots
+from fedmoe.report.paired import paired_section
+from fedmoe.sweep.reader import (
+    SPLITS,
     Cell,
     ReportError,
     Stat,
@@ -33,7 +35,15 @@ from fedmoe.experiment.sweep_results import (
     runs_of,
 )
 
-__all__ = ["ReportError", "Sweep", "accuracy", "gate_means", "read_sweep", "write_report"]
+__all__ = [
+    "ReportError",
+    "Sweep",
+    "accuracy",
+    "gate_means",
+    "read_sweep",
+    "variants_table",
+    "write_report",
+]
 
 REPORT_MD = "report.md"
 PLOTS_DIR = "plots"
@@ -61,7 +71,7 @@ def accuracy_table(sweep: Sweep, split: str) -> str:
     method, ``mean ± std`` over seeds in percent (one decimal; no ± for one seed); the
     best mean of a row in bold; ``n`` after an entry when its seed count differs."""
     keys = [_md(k) for k in sweep.keys] or ["cell"]
-    head = [*keys, "seeds", *(method_label(m) for m in sweep.methods)]
+    head = [*keys, "seeds", *(_md(sweep.label(m)) for m in sweep.methods)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cell in sweep.cells:
         stats = [accuracy(cell, m, split) for m in sweep.methods]
@@ -80,61 +90,62 @@ def accuracy_table(sweep: Sweep, split: str) -> str:
     return "\n".join(lines)
 
 
-def _ablation_labels(sweep: Sweep) -> list[str]:
+def _variant_labels(sweep: Sweep, method: str) -> list[str]:
+    """The labels of ``method``'s variants over the runs, in the order first seen."""
     labels: list[str] = []
     for results in sweep.runs.values():
-        labels += [label for label in results.get("ablation", {}) if label not in labels]
+        found = lookup(results["methods"].get(method), "variants")
+        if isinstance(found, dict):
+            labels += [label for label in found if label not in labels]
     return labels
 
 
-#: Rows the ablation table takes from other methods of the same runs.
-_METHOD_ROWS = (
-    ("moe-ifca", "the configured gate over the specialist, global and cluster (IFCA) models"),
-    ("ifca", "no gate: the client's best IFCA cluster model"),
-    ("moe", "paper MoE, joint schedule"),
-    ("moe-staged", "paper MoE, staged schedule (gate alone, then joint)"),
-)
-
-#: A row's accuracy in a cell on a split (``local_test`` or ``global_test``) over seeds.
+#: A row's accuracy in a cell on a split (``local`` or ``global``) over seeds.
 RowStat = Callable[[Sweep, Cell, str], Stat]
 
 
-def _variant_stat(label: str) -> RowStat:
+def _variant_stat(method: str, label: str) -> RowStat:
     def stat(sweep: Sweep, cell: Cell, split: str) -> Stat:
-        entries = [r.get("ablation", {}).get(label) for r in runs_of(sweep, cell)]
-        return Stat.of([e[split]["mean"] for e in entries if e is not None])
+        means = []
+        for results in runs_of(sweep, cell, method):
+            variants = results["methods"][method].get("variants")
+            entry = variants.get(label) if isinstance(variants, dict) else None
+            mean = lookup(entry, f"{SPLITS[split]}.mean")
+            if is_number(mean):
+                means.append(float(mean))
+        return Stat.of(means)
 
     return stat
 
 
 def _method_stat(method: str) -> RowStat:
     def stat(sweep: Sweep, cell: Cell, split: str) -> Stat:
-        return accuracy(cell, method, split.removesuffix("_test"))
+        return accuracy(cell, method, split)
 
     return stat
 
 
-def _ablation_rows(sweep: Sweep) -> list[tuple[str, RowStat]]:
-    """The ablation table's rows: each gate variant, then the methods of
-    :data:`_METHOD_ROWS` the sweep has; empty without gate variants."""
-    labels = _ablation_labels(sweep)
+def _variant_rows(sweep: Sweep, method: str) -> list[tuple[str, RowStat]]:
+    """The variants table's rows: each of ``method``'s variants, then the sweep's
+    other mixtures (label, description and name); empty without variants."""
+    labels = _variant_labels(sweep, method)
     if not labels:
         return []
-    rows = [(label, _variant_stat(label)) for label in labels]
-    rows += [
-        (f"{text} (`{method}`)", _method_stat(method))
-        for method, text in _METHOD_ROWS
-        if method in sweep.methods
-    ]
+    rows = [(label, _variant_stat(method, label)) for label in labels]
+    for other in sweep.mixtures:
+        if other != method:
+            info = sweep.info[other]
+            text = f"{info.label}: {info.description}" if info.description else info.label
+            rows.append((f"{text} (`{other}`)", _method_stat(other)))
     return rows
 
 
-def ablation_table(sweep: Sweep, split: str) -> str:
-    """Markdown table of the ``moe-plus`` ablation (runs with ``moe_plus.ablation``): one
-    row per gate variant and per related method (:data:`_METHOD_ROWS`), one column per
-    cell, client-mean accuracy in percent as mean ± std over seeds, the best row of each
-    column in bold; empty without ablations."""
-    rows = _ablation_rows(sweep)
+def variants_table(sweep: Sweep, method: str, split: str) -> str:
+    """Markdown table of ``method``'s variants (``variants`` in its results, e.g. an
+    ablation) on ``split`` (``local`` or ``global``): one row per variant and per other
+    mixture of the sweep, one column per cell, client-mean accuracy in percent as mean
+    ± std over seeds, the best row of each column in bold; empty without variants."""
+    rows = _variant_rows(sweep, method) if split in SPLITS else []
     if not rows:
         return ""
     head = ["variant", *(_md(c.name) for c in sweep.cells)]
@@ -150,30 +161,38 @@ def ablation_table(sweep: Sweep, split: str) -> str:
     return "\n".join(lines)
 
 
-def _ablation_section(sweep: Sweep) -> str:
-    local = ablation_table(sweep, "local_test")
-    if not local:
-        return ""
-    return (
-        "## MoE+ ablation\n\n"
-        "The gate of `moe-plus` with each of its options switched in turn (first row: the "
-        "configured variant; then each option switched, then every option switched), "
-        "then the related methods the runs have: the same gate over clustered global "
-        "models, the best cluster model alone, and the paper's MoE with each schedule. "
-        "Client-mean accuracy in percent, mean ± std over seeds; the best row of each "
-        "column in bold.\n\n"
-        f"### On each client's local test set\n\n{local}\n\n"
-        f"### On the global test set\n\n{ablation_table(sweep, 'global_test')}\n\n"
-    )
+def _variants_sections(sweep: Sweep) -> str:
+    """One section per method with variants, in method order."""
+    parts = []
+    for method in sweep.methods:
+        local = variants_table(sweep, method, "local")
+        if not local:
+            continue
+        label = _md(sweep.label(method))
+        parts.append(
+            f"## {label} variants\n\n"
+            f"The variants `{method}` fits (first row: as configured), then the other "
+            "mixtures of the same runs. Client-mean accuracy in percent, mean ± std over "
+            "seeds; the best row of each column in bold.\n\n"
+            f"### On each client's local test set\n\n{local}\n\n"
+            "### On the global test set\n\n"
+            f"{variants_table(sweep, method, 'global')}\n\n"
+        )
+    return "".join(parts)
 
 
 def _fmt(value: Any) -> str:
     return "?" if value is None else str(value)
 
 
+def _option(value: Any) -> str:
+    return f"`{value}`" if isinstance(value, str) else _fmt(value)
+
+
 def _config_lines(sweep: Sweep) -> list[str]:
-    """The first run's dataset and configuration, and config keys that differ between
-    runs other than the grid keys and the seed."""
+    """The first run's dataset and configuration (the shared phases, then the options
+    of each method that has a ``[method.<name>]`` section), and config keys that differ
+    between runs other than the grid keys and the seed."""
     first = sweep.runs[sweep.cells[0].rows[0].run]
     cfg = first.get("config")
     if not isinstance(cfg, dict):
@@ -194,16 +213,29 @@ def _config_lines(sweep: Sweep) -> list[str]:
         f"{get('partition.train')}/{get('partition.val')}/{get('partition.test')} "
         f"train/val/test samples each, p {get('partition.p')}, overlapping pairs "
         f"{get('partition.overlap')}, opt-out {get('partition.opt_out')}",
-        f"- FedAvg: up to {get('fedavg.rounds')} rounds, {get('fedavg.clients_per_round')} "
-        f"clients per round, {get('fedavg.local_epochs')} local epochs, batch "
-        f"{get('fedavg.batch_size')}, {get('fedavg.optimizer')} lr {get('fedavg.lr')}, "
-        f"early stopping {get('fedavg.early_stopping')}",
+        f"- Federated phase: up to {get('federated.rounds')} rounds, "
+        f"{get('federated.clients_per_round')} clients per round, "
+        f"{get('federated.local_epochs')} local epochs, batch {get('federated.batch_size')}, "
+        f"{get('federated.optimizer')} lr {get('federated.lr')}, early stopping "
+        f"{get('federated.early_stopping')}",
         f"- Personalisation: up to {get('personalise.epochs')} epochs, batch "
         f"{get('personalise.batch_size')}, {get('personalise.optimizer')} lr "
-        f"{get('personalise.lr')} (MoE {get('personalise.moe_lr')}), mixture pool "
-        f"`{get('personalise.pool')}`, specialist trained {get('personalise.train_specialist')}",
-        f"- Device `{get('device')}`, {get('dtype')}; fedmoe {_fmt(first.get('fedmoe_version'))}",
+        f"{get('personalise.lr')}",
     ]
+    sections = cfg.get("method") if isinstance(cfg.get("method"), dict) else {}
+    assert isinstance(sections, dict)
+    for method in sweep.methods:
+        options = sections.get(method)
+        if isinstance(options, dict) and options:
+            where = f"method.{method}"
+            values = ", ".join(
+                f"{k} " + ("(grid)" if f"{where}.{k}" in grid else _option(v))
+                for k, v in _flatten(options).items()
+            )
+            lines.append(f"- {_md(sweep.label(method))} (`{where}`): {_md(values)}")
+    lines.append(
+        f"- Device `{get('device')}`, {get('dtype')}; fedmoe {_fmt(first.get('fedmoe_version'))}"
+    )
     differ = _differing(sweep, grid | {"seed"})
     lines.append(
         "- Config entries that differ between runs besides the grid and the seed: "
@@ -222,12 +254,19 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _differing(sweep: Sweep, ignore: set[str]) -> list[str]:
-    """Config keys whose value differs between runs; a key missing from a run's config
-    (written by a fedmoe that predates it) counts as its default."""
-    defaults = _flatten(to_dict(ExperimentConfig()))
-    flats = [defaults | _flatten(r.get("config", {})) for r in sweep.runs.values()]
+    """Config keys whose value differs between runs. A key missing from a run's config
+    (written by a fedmoe that predates it) counts as its default; where the key has no
+    default (an option of a method the default config does not list), runs without it
+    are left out of the comparison (``methods`` tells those runs apart)."""
+    defaults = _flatten(cfgmod.to_dict(cfgmod.from_dict({})))
+    flats = [_flatten(r.get("config", {})) for r in sweep.runs.values()]
     keys = sorted({k for f in flats for k in f} - ignore)
-    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+    out = []
+    for k in keys:
+        values = [f[k] if k in f else defaults.get(k) for f in flats if k in f or k in defaults]
+        if len({json.dumps(v, sort_keys=True) for v in values}) > 1:
+            out.append(k)
+    return out
 
 
 def _setup(sweep: Sweep) -> str:
@@ -238,7 +277,7 @@ def _setup(sweep: Sweep) -> str:
         f"- Grid: {'; '.join(grid) if grid else 'none (a single cell)'} — "
         f"{len(sweep.cells)} cell(s), {runs} run(s)",
         f"- Seeds: {seeds}",
-        f"- Methods: {', '.join(method_label(m) for m in sweep.methods)}",
+        f"- Methods: {', '.join(_md(sweep.label(m)) for m in sweep.methods)}",
         *_config_lines(sweep),
         *_run_time(sweep),
     ]
@@ -295,7 +334,7 @@ def render(sweep: Sweep, found: Sequence[Plot | Skipped]) -> str:
         "### On the global test set\n\n"
         f"{accuracy_table(sweep, 'global')}\n\n"
         f"{paired_section(sweep)}"
-        f"{_ablation_section(sweep)}"
+        f"{_variants_sections(sweep)}"
         "## Plots\n\n"
         f"{_plots_section(found)}"
     )

@@ -1,5 +1,7 @@
 """The sweep report's figures: which plots apply to a sweep, and writing them as PNG
-(:mod:`fedmoe.experiment.plots` draws them)."""
+(:mod:`fedmoe.report.plots` draws them). Every method of the sweep is drawn, with its
+label from the runs' results.json; every mixture (a method with ``gate`` statistics)
+gets its gate plot."""
 
 from __future__ import annotations
 
@@ -10,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmoe.experiment import plots
-from fedmoe.experiment.plots import BarPanel, BoxPanel, Curve, ScatterPoint
-from fedmoe.experiment.sweep_format import ALIASES
-from fedmoe.experiment.sweep_results import (
+from fedmoe.report import plots
+from fedmoe.report.plots import BarPanel, BoxPanel, Curve, Methods, ScatterPoint
+from fedmoe.sweep.format import ALIASES
+from fedmoe.sweep.reader import (
     Cell,
     GridValue,
     Stat,
@@ -63,6 +65,11 @@ def layout(sweep: Sweep) -> Layout:
     candidates = ps or numeric or varying
     primary = candidates[0] if candidates else None
     return Layout(primary, tuple(k for k in varying if k != primary))
+
+
+def _methods(sweep: Sweep) -> Methods:
+    """The sweep's methods and labels, for the drawing functions."""
+    return Methods(sweep.methods, tuple(sweep.label(m) for m in sweep.methods))
 
 
 def _value(sweep: Sweep, cell: Cell, key: str) -> GridValue:
@@ -175,7 +182,7 @@ def _curves_for(sweep: Sweep, key: str, out: Path) -> list[Plot | Skipped]:
         styles = [_describe(others, c) for c in chunk] if others else []
         file = _file(f"accuracy_vs_{_slug(key)}", index, len(chunks))
         title = f"Client-mean accuracy vs {_axis_name(key)}"
-        plots.plot_curves(out / file, title, _axis_name(key), panels, sweep.methods, styles)
+        plots.plot_curves(out / file, title, _axis_name(key), panels, _methods(sweep), styles)
         styled = f"; line styles: {', '.join(styles)}" if styles else ""
         caption = (
             f"Client-mean accuracy against `{key}` on each client's own local test set "
@@ -239,7 +246,7 @@ def _scatter_plots(sweep: Sweep, out: Path) -> list[Plot | Skipped]:
             drawn.append((title, points))
         file = _file("local_vs_global", index, len(chunks))
         plots.plot_local_vs_global(
-            out / file, "Local-test vs global-test accuracy", drawn, sweep.methods
+            out / file, "Local-test vs global-test accuracy", drawn, _methods(sweep)
         )
         what = f"at one value of `{lay.primary}` (its label)" if lay.primary else "in the cell"
         caption = (
@@ -271,7 +278,7 @@ def _box_plots(sweep: Sweep, out: Path) -> list[Plot | Skipped]:
         file = _file("client_accuracy", index, len(chunks))
         xlabel = _axis_name(lay.primary) if lay.primary else "cell"
         plots.plot_boxes(
-            out / file, "Per-client local-test accuracy", xlabel, panels, sweep.methods
+            out / file, "Per-client local-test accuracy", xlabel, panels, _methods(sweep)
         )
         caption = (
             "Each client's accuracy on its own local test set, pooled over seeds (one box "
@@ -292,46 +299,40 @@ def _pooled(sweep: Sweep, cell: Cell, method: str) -> list[float]:
     ]
 
 
-#: (method, results.json key, display name, file stem) of each mixture's gate plot.
-_GATES = (
-    ("moe", "gate", "MoE", "gate"),
-    ("moe-staged", "gate_staged", "MoE (staged)", "gate_staged"),
-    ("moe-plus", "gate_plus", "MoE+", "gate_plus"),
-    ("moe-ifca", "gate_ifca", "MoE+ IFCA", "gate_ifca"),
-)
-
-
 def _gate_plots(sweep: Sweep, out: Path) -> list[Plot | Skipped]:
+    """One gate plot per mixture of the sweep, in method order (``gate_<method>.png``);
+    a note when the sweep has none."""
+    if not sweep.mixtures:
+        return [Skipped("Gate weight on the specialist", "no method of the sweep has a gate")]
     found: list[Plot | Skipped] = []
-    for method, key, name, stem in _GATES:
-        if method == "moe" or method in sweep.methods:
-            found += _gate_plots_for(sweep, out, method, key, name, stem)
+    for method in sweep.mixtures:
+        found += _gate_plots_for(sweep, out, method)
     return found
 
 
-def _gate_plots_for(
-    sweep: Sweep, out: Path, method: str, key: str, name: str, stem: str
-) -> list[Plot | Skipped]:
+def _gate_plots_for(sweep: Sweep, out: Path, method: str) -> list[Plot | Skipped]:
+    name = sweep.label(method)
     heading = f"{name} gate weight on the specialist"
-    if method not in sweep.methods:
-        return [Skipped(heading, f"the sweep has no {name} rows")]
     missing = [
-        r.run for c in sweep.cells for r in c.rows if gate_means(sweep.runs[r.run], key) is None
+        r.run
+        for c in sweep.cells
+        for r in c.rows
+        if r.method == method and gate_means(sweep.runs[r.run], method) is None
     ]
     if missing:
         return [
             Skipped(
                 heading,
-                f"run `{missing[0]}` has no gate statistics (`{key}.local_test.majority` / "
-                "`other`)",
+                f"run `{missing[0]}` has no gate statistics "
+                f"(`methods.{method}.gate.local_test.majority` / `other`)",
             )
         ]
     lay = layout(sweep)
     chunks = _chunks(_panels(sweep, lay), _PER_FIGURE)
     found: list[Plot | Skipped] = []
     for index, chunk in enumerate(chunks):
-        panels = [_gate_panel(sweep, title, cells, lay.primary, key) for title, cells in chunk]
-        file = _file(stem, index, len(chunks))
+        panels = [_gate_panel(sweep, title, cells, lay.primary, method) for title, cells in chunk]
+        file = _file(f"gate_{_slug(method)}", index, len(chunks))
         xlabel = _axis_name(lay.primary) if lay.primary else "cell"
         plots.plot_bars(
             out / file,
@@ -351,11 +352,11 @@ def _gate_plots_for(
 
 
 def _gate_panel(
-    sweep: Sweep, title: str, cells: Sequence[Cell], key: str | None, gate: str
+    sweep: Sweep, title: str, cells: Sequence[Cell], key: str | None, method: str
 ) -> BarPanel:
     majority, other = [], []
     for cell in cells:
-        means = [gate_means(r, gate) for r in runs_of(sweep, cell)]
+        means = [gate_means(r, method) for r in runs_of(sweep, cell, method)]
         pairs = [m for m in means if m is not None]
         majority.append(_stat_finite([m[0] for m in pairs]))
         other.append(_stat_finite([m[1] for m in pairs]))

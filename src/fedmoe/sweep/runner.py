@@ -1,6 +1,7 @@
 """Sweeps: a grid of config values x seeds, each cell a resumable run directory.
 
-``DIR/runs/<cell>-s<seed>/`` is one run (see :mod:`fedmoe.experiment.rundir`);
+``DIR/runs/<cell>-s<seed>/`` is one run (see :mod:`fedmoe.experiment.rundir`, which
+runs :func:`fedmoe.experiment.run.run_experiment`);
 finished runs are skipped when the sweep is run again, interrupted ones resume from
 their checkpoints. ``DIR/sweep.csv`` has one row per (cell, seed, method).
 Several workers may run the same sweep on one directory at once (one per core or
@@ -22,8 +23,8 @@ from typing import Any
 from fedmoe.errors import ConfigError
 from fedmoe.experiment import config as cfgmod
 from fedmoe.experiment import rundir
-from fedmoe.experiment.protocol import ProgressFactory
-from fedmoe.experiment.sweep_format import ALIASES, COLUMNS
+from fedmoe.methods.base import ProgressFactory
+from fedmoe.sweep.format import ALIASES, COLUMNS
 
 
 @dataclass(frozen=True)

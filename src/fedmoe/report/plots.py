@@ -2,7 +2,9 @@
 box plots and the gate's weight on the specialist.
 
 Rendering only: every function takes plain numbers and a path and knows nothing about
-sweep files (:mod:`fedmoe.experiment.report` gathers the numbers). Accuracies are in
+sweep files (:mod:`fedmoe.report.figures` gathers the numbers). Methods are given as
+:class:`Methods`: their names in report order and their display names; each gets the
+colour and marker of its position in that order (:data:`PALETTE`). Accuracies are in
 percent, gate weights in [0, 1]; NaN means "no value" and is drawn as nothing. Uses
 matplotlib's object API with the Agg canvas (no pyplot, no global state), so it works
 headless and from worker threads.
@@ -24,28 +26,27 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from fedmoe.errors import FedmoeError
-from fedmoe.experiment.sweep_format import METHOD_LABELS
 
 __all__ = [
     "LINESTYLES",
+    "PALETTE",
     "BarPanel",
     "BoxPanel",
     "Curve",
+    "Methods",
     "ScatterPoint",
-    "method_label",
     "plot_bars",
     "plot_boxes",
     "plot_curves",
     "plot_local_vs_global",
 ]
 
-_METHOD_STYLES = {
-    "fedavg": ("tab:blue", "s"),
-    "local": ("tab:orange", "^"),
-    "finetune": ("tab:green", "D"),
-    "moe": ("tab:red", "o"),
-}
-_EXTRA_STYLES = (
+#: (colour, marker) of the methods in report order; more methods than this reuse it.
+PALETTE = (
+    ("tab:blue", "s"),
+    ("tab:orange", "^"),
+    ("tab:green", "D"),
+    ("tab:red", "o"),
     ("tab:purple", "v"),
     ("tab:brown", "P"),
     ("tab:pink", "X"),
@@ -59,24 +60,23 @@ _BAR_COLORS = ("tab:red", "tab:gray", "tab:blue", "tab:green")
 _DPI = 120
 
 
-def method_label(method: str) -> str:
-    """The display name of a method (``moe`` -> ``MoE``); unknown names are kept."""
-    return METHOD_LABELS.get(method, method)
+@dataclass(frozen=True)
+class Methods:
+    """The methods of a figure: ``names`` in report order, ``labels`` their display
+    names (same length)."""
+
+    names: tuple[str, ...]
+    labels: tuple[str, ...]
+
+    def style(self, method: str) -> tuple[str, str]:
+        """(colour, marker) of a method: its position's in :data:`PALETTE`."""
+        return PALETTE[self.names.index(method) % len(PALETTE)]
 
 
-def _method_style(method: str, methods: Sequence[str]) -> tuple[str, str]:
-    """(colour, marker) of a method; methods outside the paper's four get spare styles
-    in the order they appear in ``methods``."""
-    if method in _METHOD_STYLES:
-        return _METHOD_STYLES[method]
-    extra = [m for m in methods if m not in _METHOD_STYLES]
-    return _EXTRA_STYLES[extra.index(method) % len(_EXTRA_STYLES)]
-
-
-def _method_handles(methods: Sequence[str], line: bool) -> list[Line2D]:
+def _method_handles(methods: Methods, line: bool) -> list[Line2D]:
     handles = []
-    for m in methods:
-        color, marker = _method_style(m, methods)
+    for m in methods.names:
+        color, marker = methods.style(m)
         handles.append(
             Line2D([], [], color=color, marker=marker, linestyle="-" if line else "none")
         )
@@ -126,7 +126,7 @@ def plot_curves(
     title: str,
     xlabel: str,
     panels: Sequence[tuple[str, Sequence[Curve]]],
-    methods: Sequence[str],
+    methods: Methods,
     style_labels: Sequence[str] = (),
 ) -> Path:
     """Write side-by-side panels ``(panel title, curves)`` of accuracy (percent) against
@@ -138,8 +138,8 @@ def plot_curves(
     nudge = 0.01 * (xs[-1] - xs[0] if len(xs) > 1 else 1.0)
     for ax, (panel_title, curves) in zip(axes, panels, strict=True):
         for c in curves:
-            color, marker = _method_style(c.method, methods)
-            shift = (methods.index(c.method) - (len(methods) - 1) / 2) * nudge
+            color, marker = methods.style(c.method)
+            shift = (methods.names.index(c.method) - (len(methods.names) - 1) / 2) * nudge
             ax.errorbar(
                 [x + shift for x in c.x],
                 c.y,
@@ -157,7 +157,7 @@ def plot_curves(
         ax.set_xticks(xs)
         ax.grid(alpha=0.3)
     handles: list[Line2D] = _method_handles(methods, line=True)
-    labels = [method_label(m) for m in methods]
+    labels = list(methods.labels)
     for i, name in enumerate(style_labels):
         handles.append(Line2D([], [], color="black", linestyle=LINESTYLES[i % len(LINESTYLES)]))
         labels.append(name)
@@ -209,7 +209,7 @@ def plot_local_vs_global(
     path: Path,
     title: str,
     panels: Sequence[tuple[str, Sequence[ScatterPoint]]],
-    methods: Sequence[str],
+    methods: Methods,
 ) -> Path:
     """Write panels ``(panel title, points)`` of local-test against global-test accuracy;
     a method's points are joined in the order given, and the diagonal marks local =
@@ -222,11 +222,11 @@ def plot_local_vs_global(
     diagonal = (max(xlim[0], ylim[0]), min(xlim[1], ylim[1]))
     for ax, (panel_title, points) in zip(axes, panels, strict=True):
         ax.plot(diagonal, diagonal, color="gray", linestyle=":", linewidth=1)
-        for m in methods:
+        for m in methods.names:
             own = [p for p in points if p.method == m]
             if not own:
                 continue
-            color, marker = _method_style(m, methods)
+            color, marker = methods.style(m)
             ax.errorbar(
                 [p.x for p in own],
                 [p.y for p in own],
@@ -247,7 +247,7 @@ def plot_local_vs_global(
         ax.set_xlabel("global-test accuracy (%)")
         ax.set_ylabel("local-test accuracy (%)")
         ax.grid(alpha=0.3)
-    _legend(figure, _method_handles(methods, line=False), [method_label(m) for m in methods])
+    _legend(figure, _method_handles(methods, line=False), list(methods.labels))
     figure.suptitle(title, fontsize=12)
     return _save(figure, path)
 
@@ -283,17 +283,17 @@ class BoxPanel:
 
 
 def plot_boxes(
-    path: Path, title: str, xlabel: str, panels: Sequence[BoxPanel], methods: Sequence[str]
+    path: Path, title: str, xlabel: str, panels: Sequence[BoxPanel], methods: Methods
 ) -> Path:
     """Write panels (stacked) of box plots, one box per (group, method), methods side by
     side within a group, coloured as in the other plots."""
     groups = max(len(p.groups) for p in panels)
-    width = min(max(6.0, 1.0 + 0.45 * groups * len(methods)), 22.0)
+    width = min(max(6.0, 1.0 + 0.45 * groups * len(methods.names)), 22.0)
     figure, axes = _figure(len(panels), width, 3.6, ncols=1)
-    step = 0.8 / len(methods)
+    step = 0.8 / len(methods.names)
     for ax, panel in zip(axes, panels, strict=True):
-        for i, m in enumerate(methods):
-            color, _ = _method_style(m, methods)
+        for i, m in enumerate(methods.names):
+            color, _ = methods.style(m)
             series = panel.values.get(m, ())
             keep = [g for g, v in enumerate(series) if v]
             if not keep:
@@ -316,8 +316,8 @@ def plot_boxes(
         ax.set_xlabel(xlabel)
         ax.set_ylabel("local-test accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
-    handles = [Patch(facecolor=_method_style(m, methods)[0], alpha=0.6) for m in methods]
-    _legend(figure, handles, [method_label(m) for m in methods])
+    handles = [Patch(facecolor=methods.style(m)[0], alpha=0.6) for m in methods.names]
+    _legend(figure, handles, list(methods.labels))
     figure.suptitle(title, fontsize=12)
     return _save(figure, path)
 

@@ -3,7 +3,7 @@
 Input::
 
     DIR/sweep.csv                       one row per (cell, seed, method)
-    DIR/<run>/results.json              one run's results (``fedmoe run``'s format)
+    DIR/<run>/results.json              one run's results (format 2, docs/results-format.md)
 
 ``sweep.csv`` columns: ``cell``, then the grid keys (any number, any names; ``p`` and
 ``opt_out`` stand for ``partition.p`` and ``partition.opt_out``), then ``seed``,
@@ -11,8 +11,11 @@ Input::
 ``local_test_std``, ``global_test_std`` (std over clients) and ``run`` (the run's
 directory relative to DIR). Further columns after ``seed`` are ignored.
 
-Every problem with the input is a :class:`ReportError` naming the file (and line) at
-fault. Also here: the per-cell statistics the report's tables and plots share.
+What the report shows of a method (its label, description, gate, baselines, variants)
+comes from its entry in the runs' ``results.json`` (:class:`MethodInfo`), so a method
+needs no code here. Every problem with the input is a :class:`ReportError` naming the
+file (and line) at fault. Also here: the per-cell statistics the report's tables and
+plots share.
 """
 
 from __future__ import annotations
@@ -28,12 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from fedmoe.errors import FedmoeError
-from fedmoe.experiment.sweep_format import ALIASES, COLUMNS
+from fedmoe.sweep.format import ALIASES, COLUMNS
 
 SWEEP_CSV = "sweep.csv"
 #: How far (absolute, accuracy in [0, 1]) sweep.csv may differ from the run's results.
 TOLERANCE = 1e-3
-_PAPER_METHODS = ("fedavg", "local", "finetune", "moe")
+#: The results.json format the report reads (docs/results-format.md).
+FORMAT = 2
+#: The splits of a method's entry, by the names the report's tables use.
+SPLITS = {"local": "local_test", "global": "global_test"}
 
 
 class ReportError(FedmoeError):
@@ -97,16 +103,34 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class MethodInfo:
+    """What the report shows of a method, from its entry in the first run (in
+    sweep.csv order) that has it: ``label`` (display name), ``description`` (one line),
+    ``mixture`` (it has ``gate`` statistics), ``baselines`` (per split, ``local`` /
+    ``global``: the methods paired differences compare it with) and ``variants`` (it
+    reports variants, e.g. an ablation)."""
+
+    name: str
+    label: str
+    description: str
+    mixture: bool
+    baselines: dict[str, tuple[str, ...]]
+    variants: bool
+
+
+@dataclass(frozen=True)
 class Sweep:
     """A validated sweep directory: the grid keys (as in sweep.csv), the cells sorted
-    by their grid values, the methods (paper order first), and every run's results
-    keyed by the ``run`` column."""
+    by their grid values, the methods (in the order of the first run's results.json),
+    what each method says of itself, and every run's results keyed by the ``run``
+    column, in the order they were read."""
 
     directory: Path
     keys: tuple[str, ...]
     cells: tuple[Cell, ...]
     methods: tuple[str, ...]
     runs: dict[str, dict[str, Any]]
+    info: dict[str, MethodInfo] = field(default_factory=dict)
 
     def values(self, key: str) -> list[GridValue]:
         """The distinct values of a grid key, sorted."""
@@ -121,6 +145,16 @@ class Sweep:
     @property
     def seeds(self) -> list[int]:
         return sorted({r.seed for c in self.cells for r in c.rows})
+
+    def label(self, method: str) -> str:
+        """The method's display name (its name when the runs give none)."""
+        info = self.info.get(method)
+        return info.label if info is not None else method
+
+    @property
+    def mixtures(self) -> tuple[str, ...]:
+        """The methods with gate statistics, in method order."""
+        return tuple(m for m in self.methods if m in self.info and self.info[m].mixture)
 
 
 def _fail(path: Path, problem: str, line: int | None = None) -> ReportError:
@@ -323,10 +357,64 @@ def _same(config: Any, value: GridValue) -> bool:
     return str(config) == value.text
 
 
-def _methods(rows: Iterable[Row]) -> tuple[str, ...]:
-    present = list(dict.fromkeys(r.method for r in rows))
-    return tuple(m for m in _PAPER_METHODS if m in present) + tuple(
-        m for m in present if m not in _PAPER_METHODS
+def _methods(rows: Iterable[Row], runs: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """The methods of the rows, in the order of the first run's ``methods`` (then of
+    the next run's, for methods the first run lacks)."""
+    present = set(r.method for r in rows)
+    order: list[str] = []
+    for results in runs.values():
+        order += [m for m in results["methods"] if m in present and m not in order]
+    return tuple(order)
+
+
+def _check_format(path: Path, results: dict[str, Any]) -> None:
+    found = results.get("format", 1)
+    if found != FORMAT:
+        raise _fail(
+            path,
+            f"results.json format {found!r}, not {FORMAT} (written before the methods "
+            "redesign?); convert it with `python scripts/migrate-results.py DIR`",
+        )
+    if not isinstance(results.get("methods"), dict):
+        raise _fail(path, "methods is missing or not an object")
+
+
+def _text(path: Path, entry: dict[str, Any], name: str, key: str, default: str) -> str:
+    value = entry.get(key, default)
+    if not isinstance(value, str):
+        raise _fail(path, f"methods.{name}.{key} is not a string")
+    return value
+
+
+def _baselines(path: Path, entry: dict[str, Any], name: str) -> dict[str, tuple[str, ...]]:
+    given = entry.get("baselines", {})
+    out: dict[str, tuple[str, ...]] = {}
+    problem = f"methods.{name}.baselines must map local_test / global_test to lists of methods"
+    if not isinstance(given, dict):
+        raise _fail(path, problem)
+    for split, key in SPLITS.items():
+        names = given.get(key, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise _fail(path, problem)
+        out[split] = tuple(names)
+    return out
+
+
+def _info(paths: dict[str, Path], runs: dict[str, dict[str, Any]], method: str) -> MethodInfo:
+    """A method's :class:`MethodInfo`, from the first run that has it."""
+    run, entry = next(
+        (r, res["methods"][method]) for r, res in runs.items() if method in res["methods"]
+    )
+    path = paths[run]
+    if not isinstance(entry, dict):
+        raise _fail(path, f"methods.{method} is not an object")
+    return MethodInfo(
+        name=method,
+        label=_text(path, entry, method, "label", method),
+        description=_text(path, entry, method, "description", ""),
+        mixture=isinstance(entry.get("gate"), dict),
+        baselines=_baselines(path, entry, method),
+        variants=isinstance(entry.get("variants"), dict) and bool(entry["variants"]),
     )
 
 
@@ -334,7 +422,8 @@ def read_sweep(directory: Path) -> Sweep:
     """Read and validate ``directory/sweep.csv`` and every run's ``results.json``.
 
     Raises :class:`ReportError` (one line, naming the file) for a missing or malformed
-    sweep.csv, a missing run directory or results.json, a run without the row's method,
+    sweep.csv, a missing run directory or results.json, a results.json not in format 2
+    or whose method entries are malformed, a run without the row's method,
     accuracies that disagree with the run by more than :data:`TOLERANCE`, or a run whose
     config contradicts the row's grid values.
     """
@@ -343,12 +432,17 @@ def read_sweep(directory: Path) -> Sweep:
     keys, rows = _read_csv(csv_path)
     cells = _cells(csv_path, rows)
     runs: dict[str, dict[str, Any]] = {}
+    paths: dict[str, Path] = {}
     for row in rows:
         path = directory / row.run / "results.json"
         if row.run not in runs:
             runs[row.run] = _load_json(path, row, csv_path)
+            paths[row.run] = path
+            _check_format(path, runs[row.run])
         _check_run(path, runs[row.run], row, keys, csv_path)
-    return Sweep(directory, tuple(keys), cells, _methods(rows), runs)
+    methods = _methods(rows, runs)
+    info = {m: _info(paths, runs, m) for m in methods}
+    return Sweep(directory, tuple(keys), cells, methods, runs, info)
 
 
 # --------------------------------------------------------------------------- numbers
@@ -377,19 +471,22 @@ def accuracy(cell: Cell, method: str, split: str) -> Stat:
     return Stat.of([r.accuracy(split) for r in rows])
 
 
-def runs_of(sweep: Sweep, cell: Cell) -> list[dict[str, Any]]:
-    """The cell's runs' results, one per seed, in seed order."""
-    by_seed = {r.seed: r.run for r in cell.rows}
+def runs_of(sweep: Sweep, cell: Cell, method: str | None = None) -> list[dict[str, Any]]:
+    """The cell's runs' results, one per seed, in seed order (only the seeds with a row
+    of ``method``, when given)."""
+    by_seed = {r.seed: r.run for r in cell.rows if method is None or r.method == method}
     return [sweep.runs[by_seed[s]] for s in sorted(by_seed)]
 
 
-def gate_means(results: dict[str, Any], key: str = "gate") -> tuple[float, float] | None:
+def gate_means(results: dict[str, Any], method: str) -> tuple[float, float] | None:
     """The gate's mean weight on the specialist over clients, on their majority-class
-    and on their other local-test samples (NaN where no client has any); ``None`` when
-    the run has no gate statistics. ``key``: ``gate`` (MoE) or ``gate_plus`` (MoE+)."""
+    and on their other local-test samples (NaN where no client has any), from
+    ``methods.<method>.gate``; ``None`` when the run has no such gate statistics."""
+    methods = results.get("methods")
+    entry = methods.get(method) if isinstance(methods, dict) else None
     means = []
     for group in ("majority", "other"):
-        values = lookup(results, f"{key}.local_test.{group}")
+        values = lookup(entry, f"gate.local_test.{group}")
         if not isinstance(values, list):
             return None
         present = [float(v) for v in values if is_number(v)]

@@ -1,22 +1,10 @@
 """The sweep.csv contract shared by the sweep runner (writer) and the report (reader).
 
 Columns: ``cell``, one column per grid key as given, then :data:`COLUMNS`. Grid keys may
-use the short names in :data:`ALIASES`; the ``method`` column holds the keys of
-:data:`METHOD_LABELS`. No torch import here: the report stays light.
+use the short names in :data:`ALIASES`; the ``method`` column holds the keys of the
+runs' ``results.json`` ``methods`` (whose entries name and describe themselves). No
+torch import here: the report stays light.
 """
-
-#: Display names of the methods a run can report (``method`` values in sweep.csv).
-METHOD_LABELS = {
-    "fedavg": "FedAvg",
-    "local": "Local",
-    "finetune": "FT",
-    "moe": "MoE",
-    "moe-staged": "MoE (staged)",
-    "moe-plus": "MoE+",
-    "ifca": "IFCA",
-    "moe-ifca": "MoE+ IFCA",
-    "centralised": "Centralised",
-}
 
 #: Short grid keys and the config entries they stand for.
 ALIASES = {"p": "partition.p", "opt_out": "partition.opt_out", "alpha": "partition.alpha"}
