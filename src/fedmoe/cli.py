@@ -17,6 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmoe.errors import ConfigError, FedmoeError
+from fedmoe.experiment.presets import PRESETS
+
+_PRESETS = ", ".join(PRESETS)
 
 if typing.TYPE_CHECKING:
     from fedmoe.experiment.config import ExperimentConfig
@@ -183,9 +186,7 @@ def _set_threads(threads: int | None) -> None:
 @app.command("run")
 def run_cmd(
     config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
-    preset: Annotated[
-        str | None, typer.Option(help="Start from a preset: quick, paper, paper-plus or moe-ifca.")
-    ] = None,
+    preset: Annotated[str | None, typer.Option(help=f"Start from a preset: {_PRESETS}.")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override: section.key=value.")
     ] = None,
@@ -247,9 +248,7 @@ def sweep_cmd(
     ],
     out: Annotated[Path, typer.Option(help="Sweep directory (runs/, sweep.csv, report.md).")],
     config: Annotated[Path | None, typer.Option(help="Base TOML config file.")] = None,
-    preset: Annotated[
-        str | None, typer.Option(help="Base preset: quick, paper, paper-plus or moe-ifca.")
-    ] = None,
+    preset: Annotated[str | None, typer.Option(help=f"Base preset: {_PRESETS}.")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Base override: section.key=value.")
     ] = None,

@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from fedmoe.errors import ConfigError
 from fedmoe.methods import registry
-from fedmoe.methods.builtin import DEFAULT_METHODS
+from fedmoe.methods.builtin import DEFAULT_METHODS, FORMAT_ONE_KEYS
 
 Scheme = Literal["majority", "dirichlet", "iid", "shards"]
 OptName = Literal["adam", "sgd"]
@@ -195,26 +195,8 @@ class ExperimentConfig:
         return self
 
 
-#: Format-1 keys that are gone, and what to write instead.
-_MOVED = {
-    "fedavg": "the [fedavg] section is now [federated] (same keys)",
-    "moe_plus": 'list "moe-plus" in methods (methods = [..., "moe-plus"]) and put its '
-    "options (all but enabled) in [method.moe-plus]",
-    "clustered": 'list "ifca" and "moe-ifca" in methods and write method.ifca.models '
-    "for clustered.models",
-    "centralised": 'list "centralised" in methods and put its options (all but enabled) '
-    "in [method.centralised]",
-    "moe_staged": 'list "moe-staged" in methods',
-    "personalise.moe_lr": "write method.moe.lr (and method.moe-staged.lr)",
-    "personalise.pool": "write method.moe.pool",
-    "personalise.train_specialist": "write method.moe.train_specialist",
-    "personalise.gate_bias": "write method.moe.gate_bias",
-    "personalise.moe_schedule": "write method.moe.schedule",
-}
-
-
 def _reject_format_one(data: Mapping[str, Any]) -> None:
-    for key, instead in _MOVED.items():
+    for key, instead in FORMAT_ONE_KEYS.items():
         section, _, name = key.partition(".")
         present = section in data if not name else name in data.get(section, {})
         if present:

@@ -11,7 +11,9 @@ and every message it received.
   every awaited node has answered or the timeout passes; what arrived by then is the
   result. A node that misses a deadline, or that the SuperLink reports unavailable,
   becomes a *suspect*: it still receives messages but is no longer waited for, until
-  it answers again.
+  it answers again; only when no other target answers (every one a suspect, say,
+  after a loaded machine's nodes all missed a deadline) are the suspects waited for,
+  so a round is not given up while live nodes may still answer.
 - **Audit.** Every reply is recorded (:class:`AuditEntry`): which node and client, the
   message type, the records it carried and how many arrays and bytes of array data.
 """
@@ -179,7 +181,10 @@ class Roster:
         if not new:
             return
         self.suspects |= new & self._silent
-        replies = self.exchange("hello", -1, {nid: (HELLO, RecordDict()) for nid in new}, timeout)
+        hellos = {nid: (HELLO, RecordDict()) for nid in new}
+        # Nodes silent at an earlier hello are not waited for again (fallback=False):
+        # every round greets the new ones, and a silent one must not stall each round.
+        replies = self.exchange("hello", -1, hellos, timeout, fallback=False)
         self._silent |= new - set(replies)
         for nid, reply in replies.items():
             self._silent.discard(nid)
@@ -248,11 +253,13 @@ class Roster:
         targets: Mapping[int, tuple[str, RecordDict]],
         timeout: float,
         await_suspects: bool = False,
+        fallback: bool = True,
     ) -> dict[int, Message]:
         """Send ``targets`` (node id -> (message type, content)) and collect replies
         until every non-suspect target (every target, with ``await_suspects``) has
-        answered or ``timeout`` seconds pass. Returns node id -> reply for the replies
-        that arrived; audits each."""
+        answered or ``timeout`` seconds pass. With ``fallback``, when no non-suspect
+        target answered from the node itself, the suspects are waited for as well.
+        Returns node id -> reply for the replies that arrived; audits each."""
         if not targets:
             return {}
         messages = [
@@ -267,6 +274,7 @@ class Roster:
             mid for mid, nid in pending.items() if await_suspects or nid not in self.suspects
         }
         replies: dict[int, Message] = {}
+        heard = False  # a reply from a node itself (not the SuperLink answering for it)
         deadline = time.monotonic() + timeout
         while pending:
             for reply in self.grid.pull_messages(list(pending)):
@@ -277,10 +285,13 @@ class Roster:
                     continue
                 replies[nid_or_none] = reply
                 if _from_node(reply):
+                    heard = True
                     self.suspects.discard(nid_or_none)
                 else:  # the SuperLink answered for it: unreachable, or the message expired
                     self.suspects.add(nid_or_none)
                 self._audit(phase, round_, nid_or_none, reply)
+            if fallback and not awaited and not heard:
+                awaited = set(pending)  # nobody else answered: wait for the suspects
             if not awaited or time.monotonic() >= deadline:
                 break
             time.sleep(self.poll_interval)

@@ -14,3 +14,21 @@ from fedmoe.methods import (  # noqa: F401
 
 #: What a config runs when it lists no methods: the paper's four.
 DEFAULT_METHODS = (fedavg.FedAvg.name, local.Local.name, finetune.FineTune.name, moe.Moe.name)
+
+#: Keys of format-1 configs (before methods were values) that are gone, and what to
+#: write instead (docs/results-format.md).
+FORMAT_ONE_KEYS = {
+    "fedavg": "the [fedavg] section is now [federated] (same keys)",
+    "moe_plus": 'list "moe-plus" in methods (methods = [..., "moe-plus"]) and put its '
+    "options (all but enabled) in [method.moe-plus]",
+    "clustered": 'list "ifca" and "moe-ifca" in methods and write method.ifca.models '
+    "for clustered.models",
+    "centralised": 'list "centralised" in methods and put its options (all but enabled) '
+    "in [method.centralised]",
+    "moe_staged": 'list "moe-staged" in methods',
+    "personalise.moe_lr": "write method.moe.lr (and method.moe-staged.lr)",
+    "personalise.pool": "write method.moe.pool",
+    "personalise.train_specialist": "write method.moe.train_specialist",
+    "personalise.gate_bias": "write method.moe.gate_bias",
+    "personalise.moe_schedule": "write method.moe.schedule",
+}
