@@ -18,9 +18,8 @@ import sys
 from pathlib import Path
 
 from fedmoe.errors import FedmoeError
-from fedmoe.experiment.paired import differences
-from fedmoe.experiment.sweep_format import METHOD_LABELS
-from fedmoe.experiment.sweep_results import Cell, accuracy, read_sweep
+from fedmoe.report.paired import differences
+from fedmoe.sweep.reader import Cell, accuracy, read_sweep
 
 FEDERATION_REACH = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -47,7 +46,7 @@ def table(directory: Path, method: str) -> str:
         raise FedmoeError(f"{directory}: the sweep has no p grid key")
     at = sweep.keys.index("p")
     lines = [
-        f"{METHOD_LABELS.get(method, method)}:",
+        f"{sweep.label(method)}:",
         "",
         "| p | seeds | local | FT | Local | local - FT | per seed | >= FT + 1 "
         "| >= max(FT, Local) | global | FedAvg | global / FedAvg | >= 0.9 x FedAvg |",

@@ -224,8 +224,12 @@ def run_cmd(
     console.print(results_table(results))
     where = resume or out
     if where is not None:
+        from fedmoe.report.run_plots import write_run_plots
+
+        plots = write_run_plots(results, where / "plots")
         console.print(
-            f"results written to {where}/results.json, results.md, rounds.csv, config.toml"
+            f"results written to {where}/results.json, results.md, rounds.csv, config.toml; "
+            f"plots: {', '.join(p.name for p in plots)} in {where}/plots"
         )
 
 

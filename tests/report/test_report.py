@@ -1,4 +1,8 @@
-"""`fedmoe report`: tables with the right numbers, the plots that apply, one-line errors."""
+"""`fedmoe report`: tables with the right numbers, the plots that apply, one-line errors.
+
+The synthetic sweeps here write results.json format 2 (docs/results-format.md): what
+the report shows of a method comes from its entry alone.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +19,13 @@ from typing import Any
 import pytest
 
 from fedmoe.errors import FedmoeError
-from fedmoe.experiment.plots import METHOD_LABELS
-from fedmoe.experiment.report import (
-    ReportError,
-    ablation_table,
-    accuracy,
-    gate_means,
-    read_sweep,
-    write_report,
-)
+from fedmoe.report import write_report
+from fedmoe.report.markdown import variants_table
+from fedmoe.sweep.reader import ReportError, accuracy, gate_means, read_sweep
 
 METHODS = ("fedavg", "local", "finetune", "moe")
+LABELS = {"fedavg": "FedAvg", "local": "Local", "finetune": "FT", "moe": "MoE"}
+BASELINES = {"local_test": ["finetune", "local"], "global_test": ["fedavg", "finetune"]}
 PNG = b"\x89PNG\r\n\x1a\n"
 HEADER_TAIL = [
     "seed",
@@ -37,6 +37,7 @@ HEADER_TAIL = [
     "run",
 ]
 PATHS = {"p": "partition.p", "opt_out": "partition.opt_out"}
+PLOTS = {"local_vs_global.png", "client_accuracy.png", "gate_moe.png"}
 
 
 def _number(text: str) -> float | None:
@@ -56,13 +57,44 @@ def _accuracies(cell: dict[str, str], seed: int, method: int) -> tuple[list[floa
     return local, glob
 
 
+def _summary(values: list[float]) -> dict[str, Any]:
+    return {
+        "per_client": values,
+        "mean": statistics.fmean(values),
+        "std": statistics.pstdev(values),
+        "min": min(values),
+    }
+
+
+def entry(
+    name: str, local: list[float], glob: list[float], gate: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A method's format-2 entry (a mixture when ``gate`` is given)."""
+    out: dict[str, Any] = {
+        "label": LABELS.get(name, name),
+        "description": f"the {name} method",
+        "local_test": _summary(local),
+        "global_test": _summary(glob),
+        "epochs": None if name == "fedavg" else [3, 4, 5, 6],
+    }
+    if gate is not None:
+        out["gate"] = {"local_test": gate, "global_test": gate}
+        out["baselines"] = json.loads(json.dumps(BASELINES))
+    if name == "fedavg":
+        history = [{"round": 0, "clients": [0, 1], "val_loss": 1.0, "val_accuracy": 0.5,
+                    "improved": True}]  # fmt: skip
+        out["federation"] = {"best_round": 0, "rounds_run": 1, "history": history}
+    return out
+
+
 def _results(cell: dict[str, str], seed: int) -> dict[str, Any]:
-    """A minimal results.json: the keys the report reads."""
+    """A format-2 results.json with the keys the report reads."""
     config: dict[str, Any] = {
         "dataset": "fashion-mnist",
         "seed": seed,
+        "methods": list(METHODS),
         "partition": {"scheme": "majority", "clients": 4, "p": 0.8, "opt_out": 0.0},
-        "personalise": {"pool": "probability"},
+        "method": {"moe": {"pool": "probability"}},
     }
     for key, text in cell.items():
         *parents, leaf = PATHS.get(key, key).split(".")
@@ -70,21 +102,34 @@ def _results(cell: dict[str, str], seed: int) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = _number(text) if _number(text) is not None else text
-    methods = {}
-    for i, m in enumerate(METHODS):
-        local, glob = _accuracies(cell, seed, i)
-        methods[m] = {"local_test": {"per_client": local}, "global_test": {"per_client": glob}}
     p = _number(cell.get("p", "0.8")) or 0.0
     other: list[float | None] = [0.5 + 0.01 * seed, 0.4, None, 0.45]
     if p == 1.0:  # clients without other classes
         other = [None, None, None, None]
     gate = {"majority": [0.9 - 0.01 * seed, 0.8, 0.85, None], "other": other}
+    methods = {}
+    for i, m in enumerate(METHODS):
+        local, glob = _accuracies(cell, seed, i)
+        methods[m] = entry(m, local, glob, gate if m == "moe" else None)
     return {
+        "format": 2,
+        "engine": "simulator",
         "config": config,
         "dataset": {"name": "fashion-mnist", "model": "fmnist-cnn", "model_params": 22180},
+        "clients": [0, 1, 2, 3],
         "methods": methods,
-        "gate": {"local_test": gate},
     }
+
+
+def _csv_row(
+    name: str, values: Any, seed: int, method: str, m: dict[str, Any], run: str
+) -> list[str]:
+    local, glob = m["local_test"]["per_client"], m["global_test"]["per_client"]
+    return [
+        name, *values, str(seed), method,
+        repr(statistics.fmean(local)), repr(statistics.fmean(glob)),
+        repr(statistics.pstdev(local)), repr(statistics.pstdev(glob)), run,
+    ]  # fmt: skip
 
 
 def make_sweep(root: Path, grid: dict[str, list[str]], seeds: list[int]) -> Path:
@@ -100,19 +145,39 @@ def make_sweep(root: Path, grid: dict[str, list[str]], seeds: list[int]) -> Path
             results = _results(cell, seed)
             (root / run / "results.json").write_text(json.dumps(results))
             for m in METHODS:
-                local = results["methods"][m]["local_test"]["per_client"]
-                glob = results["methods"][m]["global_test"]["per_client"]
-                rows.append([
-                    name, *values, str(seed), m,
-                    repr(statistics.fmean(local)), repr(statistics.fmean(glob)),
-                    repr(statistics.pstdev(local)), repr(statistics.pstdev(glob)), run,
-                ])  # fmt: skip
+                rows.append(_csv_row(name, values, seed, m, results["methods"][m], run))
     with (root / "sweep.csv").open("w", newline="") as f:
         csv.writer(f).writerows(rows)
     return root
 
 
-def expected_rows(root: Path, keys: list[str], split: str) -> list[str]:
+def add_method(root: Path, name: str, make: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Add the method ``name`` to every run of the sweep in ``root``: its entry is
+    ``make(results)``, appended to the run's ``methods``, and its rows to sweep.csv."""
+    with (root / "sweep.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    header = rows[0]
+    at = {c: header.index(c) for c in ("cell", "seed", "run")}
+    first = {r[at["run"]]: r for r in rows[1:]}
+    for run, row in first.items():
+        path = root / run / "results.json"
+        results = json.loads(path.read_text())
+        results["methods"][name] = make(results)
+        results["config"]["methods"].append(name)
+        path.write_text(json.dumps(results))
+        grid = row[at["cell"] + 1 : at["seed"]]
+        rows.append(
+            _csv_row(
+                row[at["cell"]], grid, int(row[at["seed"]]), name, results["methods"][name], run
+            )
+        )
+    with (root / "sweep.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def expected_rows(
+    root: Path, keys: list[str], split: str, methods: tuple[str, ...] = METHODS
+) -> list[str]:
     """The table rows the report should show, computed from sweep.csv."""
     with (root / "sweep.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -121,7 +186,7 @@ def expected_rows(root: Path, keys: list[str], split: str) -> list[str]:
     for cell in cells:
         own = [r for r in rows if r["cell"] == cell]
         entries, means = [], []
-        for m in METHODS:
+        for m in methods:
             values = [float(r[f"{split}_test_acc"]) for r in own if r["method"] == m]
             mean = 100 * statistics.fmean(values)
             means.append(round(mean, 1))
@@ -149,7 +214,7 @@ def check_report(root: Path, keys: list[str], plots: set[str]) -> str:
     for name in plots:
         assert (root / "plots" / name).read_bytes().startswith(PNG)
         assert f"](plots/{name})" in text
-    for label in ("FedAvg", "Local", "FT", "MoE"):
+    for label in LABELS.values():
         assert f" {label} |" in text
     return text
 
@@ -159,7 +224,7 @@ def test_p_grid(tmp_path: Path) -> None:
     text = check_report(
         root,
         ["p"],
-        {"accuracy_vs_p.png", "local_vs_global.png", "client_accuracy.png", "gate.png"},
+        {"accuracy_vs_p.png", *PLOTS},
     )
     assert "`p` ∈ {0.2, 0.8, 1.0}" in text
     assert "Seeds: 0, 1, 2" in text
@@ -173,13 +238,7 @@ def test_p_by_opt_out_grid(tmp_path: Path) -> None:
     text = check_report(
         root,
         ["p", "opt_out"],
-        {
-            "accuracy_vs_p.png",
-            "accuracy_vs_opt_out.png",
-            "local_vs_global.png",
-            "client_accuracy.png",
-            "gate.png",
-        },
+        {"accuracy_vs_p.png", "accuracy_vs_opt_out.png", *PLOTS},
     )
     assert "Not plotted" not in text
     assert "line styles: opt_out=0.0, opt_out=0.5" in text
@@ -187,7 +246,7 @@ def test_p_by_opt_out_grid(tmp_path: Path) -> None:
 
 def test_single_cell(tmp_path: Path) -> None:
     root = make_sweep(tmp_path / "s", {"p": ["0.8"]}, [3])
-    text = check_report(root, ["p"], {"local_vs_global.png", "client_accuracy.png", "gate.png"})
+    text = check_report(root, ["p"], PLOTS)
     rows = [line for line in text.splitlines() if line.startswith("| 0.8 | 1 |")]
     assert len(rows) == 2 and "±" not in "".join(rows)
     assert "Accuracy vs p: `p` has a single value (0.8)" in text
@@ -195,7 +254,7 @@ def test_single_cell(tmp_path: Path) -> None:
 
 def test_no_grid_keys(tmp_path: Path) -> None:
     root = make_sweep(tmp_path / "s", {}, [0, 1])
-    text = check_report(root, [], {"local_vs_global.png", "client_accuracy.png", "gate.png"})
+    text = check_report(root, [], PLOTS)
     assert "| cell | seeds | FedAvg | Local | FT | MoE |" in text
     assert "Grid: none (a single cell)" in text
 
@@ -203,7 +262,7 @@ def test_no_grid_keys(tmp_path: Path) -> None:
 def test_many_combinations_split_into_several_figures(tmp_path: Path) -> None:
     grid = {"p": ["0.5", "1.0"], "opt_out": ["0.0", "0.1", "0.2", "0.3", "0.4"]}
     root = make_sweep(tmp_path / "s", grid, [0])
-    stems = ("accuracy_vs_p", "local_vs_global", "client_accuracy", "gate")
+    stems = ("accuracy_vs_p", "local_vs_global", "client_accuracy", "gate_moe")
     text = check_report(
         root,
         ["p", "opt_out"],
@@ -213,28 +272,36 @@ def test_many_combinations_split_into_several_figures(tmp_path: Path) -> None:
 
 
 def test_text_grid_key_splits_panels_and_is_not_plotted_against(tmp_path: Path) -> None:
-    grid = {"p": ["0.2", "0.8"], "personalise.pool": ["log-linear", "probability"]}
+    grid = {"p": ["0.2", "0.8"], "method.moe.pool": ["log-linear", "probability"]}
     root = make_sweep(tmp_path / "s", grid, [0, 1])
-    text = check_report(
-        root,
-        ["p", "personalise.pool"],
-        {"accuracy_vs_p.png", "local_vs_global.png", "client_accuracy.png", "gate.png"},
-    )
-    assert "Accuracy vs personalise.pool: `personalise.pool` values are not numbers" in text
+    text = check_report(root, ["p", "method.moe.pool"], {"accuracy_vs_p.png", *PLOTS})
+    assert "Accuracy vs method.moe.pool: `method.moe.pool` values are not numbers" in text
+    assert "- MoE (`method.moe`): pool (grid)" in text
 
 
 def test_gate_means_skip_missing_clients() -> None:
-    results = {"gate": {"local_test": {"majority": [0.5, None, 0.7], "other": [None]}}}
-    means = gate_means(results)
+    gate = {"local_test": {"majority": [0.5, None, 0.7], "other": [None]}}
+    means = gate_means({"methods": {"moe": {"gate": gate}}}, "moe")
     assert means is not None
     assert means[0] == pytest.approx(0.6) and math.isnan(means[1])
-    assert gate_means({"methods": {}}) is None
+    assert gate_means({"methods": {"moe": {}}}, "moe") is None
+    assert gate_means({"methods": {}}, "moe") is None
 
 
-def test_method_labels_match_the_protocol() -> None:
-    from fedmoe.experiment.protocol import METHOD_LABELS as PROTOCOL_LABELS
-
-    assert METHOD_LABELS == PROTOCOL_LABELS
+def test_labels_descriptions_and_order_come_from_the_results(tmp_path: Path) -> None:
+    root = make_sweep(tmp_path / "s", {"p": ["0.5"]}, [0])
+    for run in (root / "runs").iterdir():
+        results = json.loads((run / "results.json").read_text())
+        methods = results["methods"]
+        methods["moe"]["label"] = "Mixture | gated"
+        # The report follows the runs' method order, not a built-in one.
+        results["methods"] = {m: methods[m] for m in ("moe", "finetune", "local", "fedavg")}
+        (run / "results.json").write_text(json.dumps(results))
+    text = write_report(root).read_text()
+    assert "| p | seeds | Mixture \\| gated | FT | Local | FedAvg |" in text
+    assert "- Methods: Mixture \\| gated, FT, Local, FedAvg" in text
+    assert "| p | Mixture \\| gated - FT | Mixture \\| gated - Local |" in text
+    assert "### Mixture | gated gate weight on the specialist" in text
 
 
 def _edit_csv(line: int, column: str, value: str) -> Callable[[Path], None]:
@@ -326,6 +393,21 @@ BAD: dict[str, tuple[Callable[[Path], None], str, str]] = {
         "results.json",
         "methods.moe.local_test.per_client is missing",
     ),
+    "format 1 run": (
+        _edit_results(lambda r: r.pop("format")),
+        "runs/p=0.2-s0/results.json",
+        "results.json format 1, not 2",
+    ),
+    "bad baselines": (
+        _edit_results(lambda r: r["methods"]["moe"].update(baselines={"local_test": "local"})),
+        "runs/p=0.2-s0/results.json",
+        "methods.moe.baselines must map local_test / global_test to lists of methods",
+    ),
+    "label not a string": (
+        _edit_results(lambda r: r["methods"]["local"].update(label=3)),
+        "runs/p=0.2-s0/results.json",
+        "methods.local.label is not a string",
+    ),
     "stale csv": (
         _edit_csv(2, "local_test_acc", "0.99"),
         "sweep.csv: line 2",
@@ -364,35 +446,43 @@ def test_directory_without_sweep(tmp_path: Path) -> None:
         write_report(tmp_path / "nowhere")
 
 
-def test_ablation_table_lists_each_gate_variant_per_cell(tmp_path: Path) -> None:
+def _variants(results: dict[str, Any]) -> dict[str, Any]:
+    """``moe``'s entry with two variants whose accuracies depend on p and the seed."""
+    p, seed = results["config"]["partition"]["p"], results["config"]["seed"]
+    plus: dict[str, Any] = json.loads(json.dumps(results["methods"]["moe"]))
+    plus["label"], plus["description"] = "MoE+", "a fitted gate"
+    plus["variants"] = {
+        "best": {"local_test": {"mean": 0.8 + 0.1 * p + 0.01 * seed},
+                 "global_test": {"mean": 0.7}},
+        "worse": {"local_test": {"mean": 0.5}, "global_test": {"mean": 0.6 + 0.02 * seed}},
+    }  # fmt: skip
+    return plus
+
+
+def test_variants_table_lists_each_variant_then_the_other_mixtures(tmp_path: Path) -> None:
     root = make_sweep(tmp_path / "s", {"p": ["0.5", "1.0"]}, [0, 1])
-    for run in sorted((root / "runs").iterdir()):
-        results = json.loads((run / "results.json").read_text())
-        p, seed = results["config"]["partition"]["p"], results["config"]["seed"]
-        results["ablation"] = {
-            "best": {"local_test": {"mean": 0.8 + 0.1 * p + 0.01 * seed},
-                     "global_test": {"mean": 0.7}},
-            "worse": {"local_test": {"mean": 0.5}, "global_test": {"mean": 0.6 + 0.02 * seed}},
-        }  # fmt: skip
-        (run / "results.json").write_text(json.dumps(results))
+    add_method(root, "moe-plus", _variants)
     sweep = read_sweep(root)
-    table = ablation_table(sweep, "local_test").splitlines()
+    table = variants_table(sweep, "moe-plus", "local").splitlines()
     assert table[2:4] == [
         "| best | **85.5 ± 0.7** | **90.5 ± 0.7** |",
         "| worse | 50.0 ± 0.0 | 50.0 ± 0.0 |",
     ]
-    # Then the paper's MoE from the same runs (sweep.csv's rows).
+    # Then the other mixture of the same runs (sweep.csv's rows), with its description.
     moe = [accuracy(c, "moe", "local") for c in sweep.cells]
     assert table[4:] == [
-        "| paper MoE, joint schedule (`moe`) | "
+        "| MoE: the moe method (`moe`) | "
         + " | ".join(f"{100 * s.mean:.1f} ± {100 * s.std:.1f}" for s in moe)
         + " |"
     ]
-    assert ablation_table(sweep, "global_test").splitlines()[3] == (
+    assert variants_table(sweep, "moe-plus", "global").splitlines()[3] == (
         "| worse | 61.0 ± 1.4 | 61.0 ± 1.4 |"
     )
-    assert "## MoE+ ablation" in write_report(root).read_text()
-    assert ablation_table(read_sweep(make_sweep(tmp_path / "t", {"p": ["0.5"]}, [0])), "x") == ""
+    text = write_report(root).read_text()
+    assert "## MoE+ variants" in text and "The variants `moe-plus` fits" in text
+    assert "## MoE variants" not in text
+    assert variants_table(sweep, "moe", "local") == ""
+    assert variants_table(sweep, "moe-plus", "x") == ""
 
 
 def test_setup_lists_config_keys_that_differ_with_missing_keys_at_their_default(
@@ -401,42 +491,108 @@ def test_setup_lists_config_keys_that_differ_with_missing_keys_at_their_default(
     root = make_sweep(tmp_path / "s", {"p": ["0.5", "1.0"]}, [0])
     runs = sorted((root / "runs").iterdir())
 
-    def edit(run: Path, section: str, values: dict[str, Any]) -> None:
+    def edit(run: Path, change: Callable[[dict[str, Any]], None]) -> None:
         results = json.loads((run / "results.json").read_text())
-        results["config"][section] = values
+        change(results["config"])
         (run / "results.json").write_text(json.dumps(results))
 
-    # Written by an older fedmoe without the section vs the section at its defaults.
-    edit(runs[0], "moe_plus", {"enabled": False})
-    setup = [
-        line
-        for line in write_report(root).read_text().splitlines()
-        if line.startswith("- Config entries")
-    ]
-    assert setup == [
+    def differing() -> list[str]:
+        return [
+            line
+            for line in write_report(root).read_text().splitlines()
+            if line.startswith("- Config entries")
+        ]
+
+    # Written by an older fedmoe without the key vs the key at its default; an option
+    # without a default (a method the default config does not list) in one run only.
+    edit(runs[0], lambda c: c.update(tensorboard=False))
+    edit(runs[0], lambda c: c["method"].update({"half-half": {"share": 0.5}}))
+    assert differing() == [
         "- Config entries that differ between runs besides the grid and the seed: none"
     ]
-    edit(runs[1], "moe_plus", {"enabled": True})
-    assert "`moe_plus.enabled`" in write_report(root).read_text()
+    edit(runs[1], lambda c: c.update(tensorboard=True))
+    edit(runs[1], lambda c: c["method"].update({"half-half": {"share": 0.7}}))
+    assert differing() == [
+        "- Config entries that differ between runs besides the grid and the seed: "
+        "`method.half-half.share`, `tensorboard`"
+    ]
 
 
-def test_moe_plus_gets_its_own_gate_plot(tmp_path: Path) -> None:
+def _half(results: dict[str, Any]) -> dict[str, Any]:
+    """A mixture no code knows of: half the way from FT to MoE, with its own gate."""
+    ft, moe = results["methods"]["finetune"], results["methods"]["moe"]
+    local, glob = (
+        [
+            round((a + b) / 2, 6)
+            for a, b in zip(ft[s]["per_client"], moe[s]["per_client"], strict=True)
+        ]
+        for s in ("local_test", "global_test")
+    )
+    gate = {"majority": [0.6, 0.7, None, 0.8], "other": [0.2, 0.3, 0.4, None]}
+    half = entry("half-half", local, glob, gate)
+    half["label"], half["description"] = "Half", "half FT, half MoE"
+    half["baselines"] = {"local_test": ["finetune", "local"], "global_test": ["fedavg", "ifca"]}
+    return half
+
+
+def test_a_method_only_the_results_know_is_in_every_table_and_plot(tmp_path: Path) -> None:
     root = make_sweep(tmp_path / "s", {"p": ["0.5", "0.8"]}, [0, 1])
-    with (root / "sweep.csv").open(newline="") as f:
-        rows = list(csv.reader(f))
-    method = rows[0].index("method")
-    rows += [[*r[:method], "moe-plus", *r[method + 1 :]] for r in rows[1:] if r[method] == "moe"]
-    with (root / "sweep.csv").open("w", newline="") as f:
-        csv.writer(f).writerows(rows)
+    add_method(root, "half-half", _half)
+    add_method(root, "moe-plus", _variants)
+    methods = (*METHODS, "half-half", "moe-plus")
+    text = write_report(root).read_text()
+    for split in ("local", "global"):
+        for line in expected_rows(root, ["p"], split, methods):
+            assert line in text, line
+    assert "| p | seeds | FedAvg | Local | FT | MoE | Half | MoE+ |" in text
+    assert "- Methods: FedAvg, Local, FT, MoE, Half, MoE+" in text
+    # Paired differences: its baselines on each split (one the sweep lacks is left out).
+    assert "| p | MoE - FT | MoE - Local | Half - FT | Half - Local | MoE+ - FT |" in text
+    assert "| p | MoE - FedAvg | MoE - FT | Half - FedAvg | MoE+ - FedAvg | MoE+ - FT |" in text
+    sweep = read_sweep(root)
+    cell = sweep.cells[0]
+    diffs = [100 * (acc(cell, s, "half-half") - acc(cell, s, "finetune")) for s in (0, 1)]
+    ahead = sum(d > 0 for d in diffs)
+    assert (
+        f"| 0.5 | {text_entry(sweep, 'moe', 'finetune')} | "
+        f"{text_entry(sweep, 'moe', 'local')} | "
+        f"{statistics.fmean(diffs):+.2f} ± {statistics.stdev(diffs):.2f} ({ahead}/2) |"
+    ) in text
+    # Its gate plot, and a row of the variants table.
+    assert "### Half gate weight on the specialist" in text
+    assert (root / "plots" / "gate_half-half.png").read_bytes().startswith(PNG)
+    assert "](plots/gate_half-half.png)" in text
+    assert "| Half: half FT, half MoE (`half-half`) |" in text
+    means = gate_means(sweep.runs[cell.rows[0].run], "half-half")
+    assert means is not None and means == pytest.approx((0.7, 0.3))
+
+
+def acc(cell: Any, seed: int, method: str, split: str = "local") -> float:
+    (row,) = [r for r in cell.rows if (r.seed, r.method) == (seed, method)]
+    return float(row.accuracy(split))
+
+
+def text_entry(sweep: Any, method: str, baseline: str) -> str:
+    """The paired-differences entry of the first cell, local split, computed here."""
+    cell = sweep.cells[0]
+    seeds = sorted({r.seed for r in cell.rows})
+    diffs = [100 * (acc(cell, s, method) - acc(cell, s, baseline)) for s in seeds]
+    ahead = sum(d > 0 for d in diffs)
+    return f"{statistics.fmean(diffs):+.2f} ± {statistics.stdev(diffs):.2f} ({ahead}/{len(diffs)})"
+
+
+def test_a_sweep_without_a_mixture_says_so(tmp_path: Path) -> None:
+    root = make_sweep(tmp_path / "s", {"p": ["0.5", "0.8"]}, [0])
     for run in (root / "runs").iterdir():
         results = json.loads((run / "results.json").read_text())
-        results["methods"]["moe-plus"] = results["methods"]["moe"]
-        results["gate_plus"] = {"local_test": {"majority": [0.9], "other": [0.2]}}
+        for m in results["methods"].values():
+            m.pop("gate", None)
+            m.pop("baselines", None)
         (run / "results.json").write_text(json.dumps(results))
     text = write_report(root).read_text()
-    assert "### MoE+ gate weight on the specialist" in text
-    assert (root / "plots" / "gate_plus.png").read_bytes().startswith(PNG)
-    assert gate_means(json.loads((run / "results.json").read_text()), "gate_plus") == (0.9, 0.2)
+    assert "- Gate weight on the specialist: no method of the sweep has a gate." in text
+    assert "## Paired differences" not in text
+    assert not (root / "plots" / "gate_moe.png").exists()
 
 
 def test_paired_differences_are_per_seed_differences_of_the_same_runs(tmp_path: Path) -> None:

@@ -1,21 +1,42 @@
-"""Sweeps: grid parsing, one run directory per cell and seed, skip and resume, sweep.csv."""
+"""Sweeps: grid parsing, one run directory per cell and seed, skip and resume, sweep.csv.
+
+The runs write results.json format 2 (docs/results-format.md), which the report reads.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fedmoe.errors import ConfigError
-from fedmoe.experiment.sweep import parse_axis, run_sweep
+from fedmoe.experiment import rundir
+from fedmoe.sweep import runner as sweep
+from fedmoe.sweep.runner import parse_axis, run_sweep
 
-from .test_resume import FASHION
-from .test_resume import TINY as TINY_WITH_EXTRAS
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
-#: The paper's four methods only (the resume test also runs the extra methods).
-EXTRAS = ("moe_plus", "centralised", "clustered", "moe_staged")
-TINY = {k: v for k, v in TINY_WITH_EXTRAS.items() if k not in EXTRAS}
+#: A tiny config (format 2) of the default methods: the paper's four.
+TINY: dict[str, Any] = {
+    "partition": {"clients": 4, "train": 20, "val": 20, "test": 10, "p": 0.8},
+    "federated": {
+        "rounds": 2,
+        "clients_per_round": 2,
+        "local_epochs": 1,
+        "lr": 1e-3,
+        "checkpoint_every": 1,
+    },
+    "personalise": {"epochs": 4, "lr": 1e-3, "stopping": {"check_every": 2, "patience": 1}},
+    "method": {"moe": {"lr": 1e-3}},
+}
+PAPER = ("fedavg", "local", "finetune", "moe")
+
+
+def _rounds(n: int) -> dict[str, Any]:
+    return {**TINY, "federated": {**TINY["federated"], "rounds": n}}
 
 
 def test_grid_parsing_and_ranges() -> None:
@@ -33,7 +54,7 @@ def test_grid_parsing_and_ranges() -> None:
 
 @pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
 def test_sweep_runs_cells_skips_finished_and_writes_csv(tmp_path: Path) -> None:
-    base = {**TINY, "fedavg": {**TINY["fedavg"], "rounds": 2}}
+    base = _rounds(2)
     axes = [parse_axis("p=0.5,1.0"), parse_axis("opt_out=0,0.5")]
     logs: list[str] = []
     path = run_sweep(base, axes, 1, tmp_path, log=logs.append)
@@ -45,9 +66,19 @@ def test_sweep_runs_cells_skips_finished_and_writes_csv(tmp_path: Path) -> None:
         ("1.0", "0"),
         ("1.0", "0.5"),
     }
-    assert {r["method"] for r in rows} == {"fedavg", "local", "finetune", "moe"}
+    assert {r["method"] for r in rows} == set(PAPER)
     assert all(0.0 <= float(r["local_test_acc"]) <= 1.0 for r in rows)
-    assert (tmp_path / rows[0]["run"] / "results.json").exists()
+    results = json.loads((tmp_path / rows[0]["run"] / "results.json").read_text())
+    assert results["format"] == 2 and list(results["methods"]) == list(PAPER)
+    assert [m["label"] for m in results["methods"].values()] == ["FedAvg", "Local", "FT", "MoE"]
+    assert "gate" in results["methods"]["moe"] and "federation" in results["methods"]["fedavg"]
+    # The report reads the sweep: every method by its label, the MoE's gate plotted.
+    from fedmoe.report import write_report
+
+    text = write_report(tmp_path).read_text()
+    assert "| p | opt_out | seeds | FedAvg | Local | FT | MoE |" in text
+    assert "| p | opt_out | MoE - FT | MoE - Local |" in text
+    assert (tmp_path / "plots" / "gate_moe.png").exists()
     # Running again skips every finished run; a run without results is redone.
     (tmp_path / "runs" / "p=1.0,opt_out=0.5-s0" / "results.json").unlink()
     logs.clear()
@@ -62,14 +93,15 @@ def test_sweep_runs_cells_skips_finished_and_writes_csv(tmp_path: Path) -> None:
 def test_tensorboard_option_logs_rounds_and_results(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from fedmoe.experiment import config, rundir
+    from fedmoe.experiment import config
 
-    cfg = config.from_dict({**TINY, "tensorboard": True, "fedavg": {**TINY["fedavg"], "rounds": 3}})
+    cfg = config.from_dict({**_rounds(3), "tensorboard": True})
     results = rundir.run_in(tmp_path / "run", cfg)
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
-    losses = events.Scalars("fedavg/val_loss")
-    checks = [r for r in results["fedavg"]["history"] if r["val_loss"] is not None]
+    losses = events.Scalars("federated/val_loss")
+    history = results["methods"]["fedavg"]["federation"]["history"]
+    checks = [r for r in history if r["val_loss"] is not None]
     assert [e.step for e in losses] == [r["round"] for r in checks]
     assert losses[0].value == pytest.approx(checks[0]["val_loss"], rel=1e-6)
     moe = events.Scalars("moe/local_test_accuracy")
@@ -79,21 +111,15 @@ def test_tensorboard_option_logs_rounds_and_results(tmp_path: Path) -> None:
 def test_sweep_runs_every_cell_for_one_seed_before_the_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedmoe.experiment import sweep
-
     ran: list[str] = []
-    monkeypatch.setattr(
-        sweep.rundir, "run_claimed", lambda d, cfg, progress=None: ran.append(d.name)
-    )
+    monkeypatch.setattr(rundir, "run_claimed", lambda d, cfg, progress=None: ran.append(d.name))
     run_sweep(TINY, [parse_axis("p=0.5,1.0")], 2, tmp_path, log=lambda _: None)
     assert ran == ["p=0.5-s0", "p=1.0-s0", "p=0.5-s1", "p=1.0-s1"]
 
 
 @pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
 def test_workers_sharing_a_sweep_skip_the_runs_another_holds(tmp_path: Path) -> None:
-    from fedmoe.experiment import rundir
-
-    base = {**TINY, "fedavg": {**TINY["fedavg"], "rounds": 2}}
+    base = _rounds(2)
     axes = [parse_axis("p=0.5,1.0")]
     logs: list[str] = []
     with rundir.claim(tmp_path / "runs" / "p=1.0-s0"):
@@ -126,8 +152,6 @@ def test_a_directory_held_by_another_process_is_refused_until_it_dies(
     import subprocess
     import sys
     import time
-
-    from fedmoe.experiment import rundir
 
     run = tmp_path / "run"
     holder = subprocess.Popen(
@@ -171,15 +195,13 @@ def test_a_directory_held_by_another_process_is_refused_until_it_dies(
 def test_sweep_and_run_commands_set_the_threads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import json
-
     import torch
 
     from fedmoe.cli import main
     from fedmoe.experiment import config
 
     toml = tmp_path / "tiny.toml"
-    toml.write_text(config.dumps_toml({**TINY, "fedavg": {**TINY["fedavg"], "rounds": 2}}))
+    toml.write_text(config.dumps_toml(_rounds(2)))
     args = ["sweep", "--config", str(toml), "--grid", "p=0.5", "--quiet", "--out"]
     assert "--threads must be at least 1, got 0" in _cli_error(
         capsys, *args, str(tmp_path / "s"), "--threads", "0"
@@ -202,12 +224,10 @@ def test_sweep_and_run_commands_set_the_threads(
 def test_a_run_another_worker_finished_meanwhile_is_not_run_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedmoe.experiment import sweep
-
     ran: list[str] = []
     looks = iter([False, True])  # not finished at the first look, finished once claimed
-    monkeypatch.setattr(sweep.rundir, "is_finished", lambda d: next(looks, True))
-    monkeypatch.setattr(sweep.rundir, "run_claimed", lambda d, cfg, p=None: ran.append(d.name))
+    monkeypatch.setattr(rundir, "is_finished", lambda d: next(looks, True))
+    monkeypatch.setattr(rundir, "run_claimed", lambda d, cfg, p=None: ran.append(d.name))
     monkeypatch.setattr(sweep, "write_csv", lambda out, axes, table: out / "sweep.csv")
     logs: list[str] = []
     run_sweep(TINY, [parse_axis("p=0.5")], 1, tmp_path, log=logs.append)
