@@ -1,6 +1,6 @@
-"""The built-in methods, imported so each registers itself (in this order)."""
+"""The built-in methods, registered in this order."""
 
-from fedmoe.methods import (  # noqa: F401
+from fedmoe.methods import (
     centralised,
     fedavg,
     finetune,
@@ -11,6 +11,20 @@ from fedmoe.methods import (  # noqa: F401
     moe_plus,
     moe_staged,
 )
+from fedmoe.methods.registry import register
+
+for _method in (
+    fedavg.FedAvg,
+    local.Local,
+    finetune.FineTune,
+    moe.Moe,
+    moe_staged.MoeStaged,
+    moe_plus.MoePlus,
+    ifca.Ifca,
+    moe_ifca.MoeIfca,
+    centralised.Centralised,
+):
+    register(_method)
 
 #: What a config runs when it lists no methods: the paper's four.
 DEFAULT_METHODS = (fedavg.FedAvg.name, local.Local.name, finetune.FineTune.name, moe.Moe.name)

@@ -25,7 +25,6 @@ from fedmoe.errors import ConfigError
 from fedmoe.federation import Clients
 from fedmoe.methods.base import GLOBAL, Evaluated, Method, Output, RunSpec, global_model
 from fedmoe.methods.params import prefixed
-from fedmoe.methods.registry import register
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,6 @@ def pooled(data: ClientData) -> ClientData:
     return ClientData.from_indices(data.x, data.y, [np.concatenate(rows)])
 
 
-@register
 class Centralised(Method):
     name = "centralised"
     label = "Centralised"

@@ -14,7 +14,6 @@ from fedmoe.engine import Classifier, ClientData, Evaluation, evaluate, train
 from fedmoe.federation import Clients, State, Update
 from fedmoe.methods.base import Evaluated, Federated, Method, Output, RunSpec, global_model
 from fedmoe.methods.params import broadcast
-from fedmoe.methods.registry import register
 from fedmoe.models import Params
 
 
@@ -47,7 +46,6 @@ class FedAvgRounds(Federated):
         return evaluate(Classifier(run.net), server, val)
 
 
-@register
 class FedAvg(Method):
     name = "fedavg"
     label = "FedAvg"

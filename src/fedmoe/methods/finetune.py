@@ -12,10 +12,8 @@ from fedmoe.methods.base import Evaluated, Method, Output, RunSpec, global_model
 from fedmoe.methods.fedavg import FedAvg
 from fedmoe.methods.params import broadcast
 from fedmoe.methods.personal import evaluate_personal, personal_output
-from fedmoe.methods.registry import register
 
 
-@register
 class FineTune(Method):
     name = "finetune"
     label = "FT"

@@ -20,7 +20,6 @@ from fedmoe.federation import Clients, State, Update, num_models, weighted_mean
 from fedmoe.methods.base import Evaluated, Federated, Method, Output, RunSpec, global_model
 from fedmoe.methods.fedavg import local_training
 from fedmoe.methods.params import rows
-from fedmoe.methods.registry import register
 from fedmoe.models import Params
 
 #: Each client's chosen model in the output of ``ifca``.
@@ -94,7 +93,6 @@ class IfcaRounds(Federated):
         return Evaluation(every.loss.gather(0, best)[0], every.accuracy.gather(0, best)[0], val.n)
 
 
-@register
 class Ifca(Method):
     name = "ifca"
     label = "IFCA"

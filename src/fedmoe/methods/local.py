@@ -10,10 +10,8 @@ from fedmoe.engine import Classifier, ClientData, train
 from fedmoe.federation import Clients
 from fedmoe.methods.base import Evaluated, Method, Output, RunSpec
 from fedmoe.methods.personal import evaluate_personal, personal_output
-from fedmoe.methods.registry import register
 
 
-@register
 class Local(Method):
     name = "local"
     label = "Local"

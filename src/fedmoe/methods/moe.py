@@ -22,7 +22,6 @@ from fedmoe.methods.finetune import FineTune
 from fedmoe.methods.mixture import GATE, SPECIALIST, Mixture, Pool, Schedule, combine
 from fedmoe.methods.params import prefixed
 from fedmoe.methods.personal import personal_model
-from fedmoe.methods.registry import register
 
 #: What paired differences compare a mixture with: FT and Local on the clients' own
 #: data, FedAvg and FT on the global test set.
@@ -109,7 +108,6 @@ def evaluate_mixture(
     return Evaluated(tally.result(data.n).accuracy, GateValues(g, y, valid))
 
 
-@register
 class Moe(Method):
     name = "moe"
     label = "MoE"

@@ -17,12 +17,10 @@ from fedmoe.methods.gating import Experts
 from fedmoe.methods.ifca import Ifca
 from fedmoe.methods.moe import MIXTURE_BASELINES
 from fedmoe.methods.personal import personal_model
-from fedmoe.methods.registry import register
 
 GATE = "gate"
 
 
-@register
 class MoeIfca(Method):
     name = "moe-ifca"
     label = "MoE+ IFCA"

@@ -19,7 +19,6 @@ from fedmoe.methods.finetune import FineTune
 from fedmoe.methods.gating import Experts, GateConfig
 from fedmoe.methods.moe import MIXTURE_BASELINES
 from fedmoe.methods.personal import personal_model
-from fedmoe.methods.registry import register
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,6 @@ class MoePlusOptions(fg.GateOptions):
         return main.ablations() if self.ablation else {main.label: main}
 
 
-@register
 class MoePlus(Method):
     name = "moe-plus"
     label = "MoE+"

@@ -12,7 +12,6 @@ from fedmoe.federation import Clients
 from fedmoe.methods.base import Output, RunSpec
 from fedmoe.methods.mixture import Pool
 from fedmoe.methods.moe import Moe, MoeOptions, train_mixture
-from fedmoe.methods.registry import register
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,6 @@ class MoeStagedOptions:
         return MoeOptions(self.lr, self.pool, self.train_specialist, self.gate_bias, "staged")
 
 
-@register
 class MoeStaged(Moe):
     name = "moe-staged"
     label = "MoE (staged)"

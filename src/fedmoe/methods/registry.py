@@ -1,5 +1,6 @@
 """The registry of methods: name -> method value. Nothing outside ``methods/`` names a
-method; everything else asks the registry."""
+method; everything else asks the registry. Importing :mod:`fedmoe.methods` registers
+the built-in methods (:mod:`fedmoe.methods.builtin`)."""
 
 from __future__ import annotations
 
@@ -31,13 +32,11 @@ def unregister(name: str) -> None:
 
 def names() -> tuple[str, ...]:
     """Every registered method's name, in registration order."""
-    _load_builtins()
     return tuple(_METHODS)
 
 
 def get(name: str) -> Method:
     """The method ``name``; a one-line ConfigError listing the known ones otherwise."""
-    _load_builtins()
     if name not in _METHODS:
         raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(_METHODS)}")
     return _METHODS[name]
@@ -58,8 +57,3 @@ def check_order(listed: tuple[str, ...]) -> None:
                 f"{'it' if len(missing) == 1 else 'them'} before {name!r} in methods"
             )
         seen.add(name)
-
-
-def _load_builtins() -> None:
-    """Import the built-in methods' modules (each registers itself)."""
-    from fedmoe.methods import builtin  # noqa: F401
