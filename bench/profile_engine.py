@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from fedmoe import rng
 from fedmoe.engine import Classifier, ClientData, Objective, OptimizerConfig, TrainConfig, train
-from fedmoe.methods import Mixture
+from fedmoe.methods.mixture import Mixture
 from fedmoe.methods.params import prefixed
 from fedmoe.models import Params, build_network
 

@@ -1,11 +1,12 @@
 """FedAvg alone at the `paper` preset's sizes, for tuning the federated phase.
 
-    python scripts/fedavg_tuning.py '{}' '{"fedavg.lr": 1e-3}' ...
+    python scripts/fedavg_tuning.py '{}' '{"federated.lr": 1e-3}' ...
 
-Each argument is a JSON object of config overrides (dotted keys) applied to the
-`paper` preset; for each, the script federates and prints the best global model's
-round, the rounds run, its client-mean accuracy on the global and the local test sets,
-and the wall time. The paper-plus preset's FedAvg settings were chosen with it.
+Each argument is a JSON object of config overrides (dotted keys, as ``--set`` takes
+them) applied to the `paper` preset; for each, the script runs FedAvg's federated phase
+as ``fedmoe run`` does and prints the best global model's round, the rounds run, its
+client-mean accuracy on the global and the local test sets, and the wall time. The
+paper-plus preset's federated settings were chosen with it.
 """
 
 from __future__ import annotations
@@ -15,28 +16,37 @@ import sys
 import time
 
 import numpy as np
+import torch
 
-from fedmoe.engine import Classifier, evaluate
-from fedmoe.experiment import config, presets, protocol
-from fedmoe.methods import federate
+from fedmoe.experiment import config, presets
+from fedmoe.experiment.federate import federate
+from fedmoe.experiment.prepare import prepare, run_spec
+from fedmoe.federation import Clients
+from fedmoe.methods import registry
+from fedmoe.methods.base import federated_output
 
 
 def main(settings: list[dict[str, object]]) -> None:
+    fedavg = registry.get("fedavg")
+    assert fedavg.federated is not None
     for overrides in settings:
         items = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
         cfg = config.from_dict(config.apply_overrides(presets.preset("paper"), items))
-        prep = protocol.prepare(cfg)
+        prep = prepare(cfg)
+        ds = prep.dataset
+        device = prep.train.x.device
+        run = run_spec(cfg, prep.net, prep.gate_net, ds.input_shape, ds.num_classes, device)
+        opt_out = torch.tensor(np.asarray(prep.partition.opt_out))
+        clients = Clients(torch.arange(prep.partition.num_clients), prep.train, prep.val, opt_out)
         start = time.perf_counter()
-        opt_in = np.flatnonzero(~prep.partition.opt_out)
-        init = protocol.global_init(cfg, prep.net, prep.train.x.device)
-        fcfg = protocol.fedavg_config(cfg)
-        fed = federate(prep.net, init, prep.train, prep.val, opt_in, fcfg, cfg.seed)
-        model = Classifier(prep.net)
-        glob = float(evaluate(model, fed.params, prep.global_test).accuracy.mean())
-        local = float(evaluate(model, fed.params, prep.test).accuracy.mean())
+        options = cfg.options(fedavg.name)
+        server, state = federate(run, fedavg.federated, options, clients, "FedAvg rounds")
+        fed = federated_output(server.best_params, server.summary(), state)
+        glob = float(fedavg.evaluate(run, options, fed, {}, prep.global_test).accuracy.mean())
+        local = float(fedavg.evaluate(run, options, fed, {}, prep.test).accuracy.mean())
         print(
-            f"{json.dumps(overrides)}: best round {fed.best_round} of {len(fed.history)}, "
-            f"global {100 * glob:.2f}%, local {100 * local:.2f}%, "
+            f"{json.dumps(overrides)}: best round {server.best_round} of "
+            f"{len(server.history)}, global {100 * glob:.2f}%, local {100 * local:.2f}%, "
             f"{time.perf_counter() - start:.0f} s",
             flush=True,
         )

@@ -29,6 +29,7 @@ import pytest
 from fedmoe.cli import main
 from fedmoe.data import DATASETS, DatasetSpec, FileSpec, load_dataset, registry
 from fedmoe.data.files import IdxFiles
+from fedmoe.errors import ConfigError
 
 PREFIX = "fedmoe: error: "
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -719,14 +720,40 @@ def test_checksum_mismatch(cli: Cli, tiny: Path, monkeypatch: pytest.MonkeyPatch
 # --------------------------------------------------------------------------------------
 
 
+#: Where ``fedmoe run`` starts an experiment: the driver itself (no ``--out``) and the
+#: run directory's own reference to it (``--out`` / ``--resume``).
+RUN_EXPERIMENT = ("fedmoe.experiment.run.run_experiment", "fedmoe.experiment.rundir.run_experiment")
+
+
 @pytest.fixture
 def no_experiment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail loudly (instead of training for hours) if a bad config reaches the protocol."""
+    """Fail loudly (instead of training for hours) if a bad config reaches the driver."""
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a bad configuration started an experiment")
 
-    monkeypatch.setattr("fedmoe.experiment.protocol.run_experiment", refuse)
+    for target in RUN_EXPERIMENT:
+        monkeypatch.setattr(target, refuse)
+
+
+@pytest.mark.parametrize("out", [False, True], ids=["no-out", "out"])
+def test_a_good_config_reaches_the_patched_driver(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: bool
+) -> None:
+    """The targets :func:`no_experiment` patches are what ``fedmoe run`` calls."""
+    started: list[object] = []
+
+    def record(cfg: object, *args: object, **kwargs: object) -> None:
+        started.append(cfg)
+        raise ConfigError("stopped before training")
+
+    for target in RUN_EXPERIMENT:
+        monkeypatch.setattr(target, record)
+    where = ("--out", tmp_path / "run") if out else ()
+    args = ("--preset", "quick", "--set", "methods=fedavg,local,finetune,moe", *where)
+    assert_user_error(cli("run", *args, "--quiet"), "stopped before training")
+    assert len(started) == 1
+    assert getattr(started[0], "methods", None) == ("fedavg", "local", "finetune", "moe")
 
 
 BAD_CONFIGS = [
@@ -744,7 +771,44 @@ BAD_CONFIGS = [
     pytest.param("partition = 3\n", ("partition must be a table",), id="section-not-a-table"),
     pytest.param("[partition]\np = 1.5\n", ("partition.p must be in [0, 1]", "1.5"), id="p-range"),
     pytest.param(
-        "[fedavg]\nlr = -1.0\n", ("fedavg.lr must be positive",), id="negative-learning-rate"
+        "[federated]\nlr = -1.0\n",
+        ("federated.lr must be positive",),
+        id="negative-learning-rate",
+    ),
+    pytest.param(
+        "[fedavg]\nlr = 1e-3\n",
+        ("[fedavg] is from an older fedmoe config", "[federated]"),
+        id="format-1-section",
+    ),
+    pytest.param(
+        "[moe_plus]\nenabled = true\n",
+        ("[moe_plus] is from an older fedmoe config", '"moe-plus"', "[method.moe-plus]"),
+        id="format-1-enabled",
+    ),
+    pytest.param(
+        "[personalise]\nmoe_lr = 1e-5\n",
+        ("personalise.moe_lr is from an older fedmoe config", "method.moe.lr"),
+        id="format-1-key",
+    ),
+    pytest.param(
+        'methods = ["fedavg", "nope"]\n',
+        ("unknown method 'nope'", "known methods: "),
+        id="unknown-method",
+    ),
+    pytest.param(
+        'methods = ["moe", "fedavg", "finetune"]\n',
+        ("method 'moe' needs 'fedavg', 'finetune'",),
+        id="method-before-its-needs",
+    ),
+    pytest.param(
+        'methods = ["fedavg"]\n[method.ifca]\nmodels = 2\n',
+        ("[method.ifca] configures a method that is not in methods",),
+        id="section-of-unlisted-method",
+    ),
+    pytest.param(
+        'plugins = ["fedmoe_no_such_plugin"]\n',
+        ("plugins: cannot import 'fedmoe_no_such_plugin'",),
+        id="missing-plugin",
     ),
     pytest.param("[partition\nclients = 3\n", ("invalid TOML",), id="invalid-toml"),
 ]
@@ -782,6 +846,19 @@ def test_bad_config_file(cli: Cli, tmp_path: Path, text: str, parts: tuple[str, 
         ),
         pytest.param(
             ("--preset", "nope"), ("unknown preset 'nope'", "quick", "paper"), id="preset"
+        ),
+        pytest.param(
+            ("--set", "methods=fedavg,nope"), ("unknown method 'nope'",), id="set-methods"
+        ),
+        pytest.param(
+            ("--set", "methods=finetune,fedavg"),
+            ("method 'finetune' needs 'fedavg'",),
+            id="set-methods-order",
+        ),
+        pytest.param(
+            ("--set", "fedavg.lr=1e-3"),
+            ("[fedavg] is from an older fedmoe config",),
+            id="set-format-1",
         ),
     ],
 )

@@ -236,12 +236,10 @@ def run_cmd(
 def _config(config: Path | None, preset: str | None, overrides: list[str]) -> ExperimentConfig:
     """A validated config: a preset, then a TOML file, then ``--set`` overrides."""
     from fedmoe.experiment import config as cfgmod
-    from fedmoe.experiment.presets import preset as get_preset
+    from fedmoe.experiment.presets import compose
 
-    data: dict[str, Any] = get_preset(preset) if preset else {}
-    if config is not None:
-        data = _merge(data, cfgmod.load(config))
-    return cfgmod.from_dict(cfgmod.apply_overrides(data, overrides))
+    user = cfgmod.load(config) if config is not None else {}
+    return cfgmod.from_dict(compose(preset, user, overrides))
 
 
 @app.command("sweep")
@@ -263,15 +261,13 @@ def sweep_cmd(
     """Run a grid of configs x seeds; finished runs are skipped, interrupted ones resume.
     Several workers may share one --out: each skips the runs another is running."""
     from fedmoe.experiment import config as cfgmod
-    from fedmoe.experiment.presets import preset as get_preset
+    from fedmoe.experiment.presets import compose
     from fedmoe.progress import progress_bars
     from fedmoe.report import write_report
     from fedmoe.sweep.runner import parse_axis, run_sweep
 
-    base: dict[str, Any] = get_preset(preset) if preset else {}
-    if config is not None:
-        base = _merge(base, cfgmod.load(config))
-    base = cfgmod.apply_overrides(base, set_ or [])
+    user = cfgmod.load(config) if config is not None else {}
+    base = compose(preset, user, set_ or [])
     axes = [parse_axis(item) for item in grid]
     _set_threads(threads)
     with progress_bars(console, enabled=not quiet) as bars:
@@ -288,16 +284,6 @@ def report_cmd(
     from fedmoe.report import write_report
 
     console.print(f"report written to {write_report(directory)}")
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -18,9 +18,22 @@ from fedmoe.experiment import config
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
 
+#: Every built-in method (the paper-plus preset's list), each checkpointed as it ends.
+METHODS = [
+    "fedavg",
+    "local",
+    "finetune",
+    "moe",
+    "moe-staged",
+    "moe-plus",
+    "ifca",
+    "moe-ifca",
+    "centralised",
+]
 TINY: dict[str, Any] = {
+    "methods": METHODS,
     "partition": {"clients": 4, "train": 20, "val": 20, "test": 10, "p": 0.8},
-    "fedavg": {
+    "federated": {
         "rounds": 6,
         "clients_per_round": 2,
         "local_epochs": 1,
@@ -30,14 +43,34 @@ TINY: dict[str, Any] = {
     "personalise": {
         "epochs": 4,
         "lr": 1e-3,
-        "moe_lr": 1e-3,
         "stopping": {"check_every": 2, "patience": 1},
     },
-    "moe_plus": {"enabled": True, "ablation": True},
-    "centralised": {"enabled": True, "epochs": 3},
-    "clustered": {"enabled": True, "models": 2},
-    "moe_staged": {"enabled": True},
+    "method": {
+        "moe": {"lr": 1e-3},
+        "moe-staged": {"lr": 1e-3},
+        "moe-plus": {"ablation": True},
+        "ifca": {"models": 2},
+        "centralised": {"epochs": 3},
+    },
 }
+#: The checkpoints a run writes, in order: each federated phase every few rounds
+#: (``<method>.federated-progress``) and when it ends (``<method>.federated``), and each
+#: method's output (``<method>``).
+STAGES = [
+    "fedavg.federated-progress",
+    "fedavg.federated",
+    "fedavg",
+    "local",
+    "finetune",
+    "moe",
+    "moe-staged",
+    "moe-plus",
+    "ifca.federated-progress",
+    "ifca.federated",
+    "ifca",
+    "moe-ifca",
+    "centralised",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -66,6 +99,7 @@ def _kill_when(proc: subprocess.Popen[bytes], marker: Path, timeout: float = 120
 
 
 def test_kill_and_resume_gives_identical_results(tmp_path: Path) -> None:
+    assert list(config.from_dict(TINY).methods) == METHODS
     cfg_file = tmp_path / "tiny.toml"
     cfg_file.write_text(config.dumps_toml(TINY))
     whole, broken = tmp_path / "whole", tmp_path / "broken"
@@ -75,16 +109,14 @@ def test_kill_and_resume_gives_identical_results(tmp_path: Path) -> None:
     assert (whole / "rounds.csv").read_text().startswith("round,val_loss")
 
     checkpoints = broken / "checkpoints"
-    # Mid-federation, after the federated phase and after each personalisation stage
-    # (moe-plus.pt first appears after the first of its ablation variants) and in the
-    # clustered federation: kill -9, resume.
+    # Mid-federation (both federated phases), after each federated phase and after
+    # each method's stage: kill -9, resume.
     proc = _fedmoe("--config", str(cfg_file), "--out", str(broken))
-    _kill_when(proc, checkpoints / "federate-progress.pt")
-    stages = ("federate", "finetune", "local", "moe", "moe-staged", "moe-plus")
-    stages += ("clustered-progress",)
-    for marker in (f"{stage}.pt" for stage in (*stages, "clustered", "moe-ifca")):
+    _kill_when(proc, checkpoints / f"{STAGES[0]}.pt")
+    for stage in STAGES[1:]:
         assert not (broken / "results.json").exists()
-        _kill_when(_fedmoe("--resume", str(broken)), checkpoints / marker)
+        _kill_when(_fedmoe("--resume", str(broken)), checkpoints / f"{stage}.pt")
+    assert {p.stem for p in checkpoints.glob("*.pt")} <= set(STAGES)
     final = _fedmoe("--resume", str(broken))
     assert final.wait(timeout=300) == 0, final.stderr.read()  # type: ignore[union-attr]
     assert _comparable(broken) == _comparable(whole)

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
-from fedmoe.engine import ClientData, EarlyStopping, OptimizerConfig, TrainConfig, evaluate
-from fedmoe.engine.objective import Classifier
-from fedmoe.methods import FedAvgConfig, FedAvgServer, federate
-from fedmoe.methods.fedavg import best_models
-from fedmoe.methods.params import rows
+from fedmoe.engine import Classifier, ClientData, evaluate
+from fedmoe.experiment import config
+from fedmoe.experiment.federate import federate
+from fedmoe.experiment.prepare import run_spec
+from fedmoe.federation import Clients, FederationServer, Update, num_models
+from fedmoe.methods.base import Method, Output, RunSpec, federated_output, global_model
+from fedmoe.methods.fedavg import FedAvg
+from fedmoe.methods.ifca import CHOICE, Ifca, IfcaOptions, IfcaRounds, best_models
 from fedmoe.models import build_network
 
 
 def test_each_model_averages_only_the_updates_of_the_clients_that_chose_it() -> None:
     params = {"w": torch.tensor([[0.0], [10.0], [20.0]])}
-    cfg = FedAvgConfig(rounds=1, clients_per_round=4, local=TrainConfig(1, 1))
-    server = FedAvgServer(params, np.arange(4), cfg, seed=0)
     updates = {"w": torch.tensor([[1.0], [3.0], [5.0], [7.0]])}
-    server.aggregate(updates, torch.tensor([1, 3, 1, 1]), np.array([0, 0, 2, 2]))
+    update = Update(updates, choice=torch.tensor([0, 0, 2, 2]))
+    new = IfcaRounds().aggregate(params, update, torch.tensor([1, 3, 1, 1]))
     # Model 0: (1*1 + 3*3) / 4; model 1: nobody chose it, kept; model 2: (5 + 7) / 2.
-    torch.testing.assert_close(server.params["w"], torch.tensor([[2.5], [10.0], [6.0]]))
+    torch.testing.assert_close(new["w"], torch.tensor([[2.5], [10.0], [6.0]]))
 
 
 def _two_tasks(clients: int, per_client: int) -> tuple[ClientData, ClientData, np.ndarray]:
@@ -38,35 +42,95 @@ def _two_tasks(clients: int, per_client: int) -> tuple[ClientData, ClientData, n
     return train, val, np.arange(clients) % 2
 
 
+def _run(federated: dict[str, Any]) -> RunSpec:
+    """A run of the two-task MLP (no dropout) with the ``federated`` settings."""
+    net = build_network("mlp", (1, 4), 2, dropout=0.0)
+    gate_net = build_network("mlp", (1, 4), 2, gate=True, dropout=0.0)
+    cfg = config.from_dict({"federated": federated, "dropout": 0.0})
+    return run_spec(cfg, net, gate_net, (1, 4), 2, torch.device("cpu"))
+
+
+def _federated(
+    run: RunSpec, method: Method, options: Any, clients: Clients
+) -> tuple[FederationServer, Output]:
+    """The method's federated phase as the simulator's driver runs it (no checkpoints)."""
+    assert method.federated is not None
+    server, state = federate(run, method.federated, options, clients, "rounds")
+    return server, federated_output(server.best_params, server.summary(), state)
+
+
 def test_clustered_models_separate_clients_that_need_different_models() -> None:
     train, val, group = _two_tasks(clients=8, per_client=40)
-    net = build_network("mlp", (1, 4), 2, dropout=0.0)
-    local = TrainConfig(2, 10, OptimizerConfig("adam", lr=1e-2))
-    cfg = FedAvgConfig(rounds=30, clients_per_round=4, local=local)
-    objective = Classifier(net)
+    run = _run(
+        {
+            "rounds": 30,
+            "clients_per_round": 4,
+            "local_epochs": 2,
+            "batch_size": 10,
+            "lr": 1e-2,
+            "early_stopping": False,
+        }
+    )
+    clients = Clients(torch.arange(8), train, val, torch.zeros(8, dtype=torch.bool))
+    objective = Classifier(run.net)
+    ifca, options = Ifca(), IfcaOptions(models=2)
 
-    one = federate(net, net.init(0, torch.tensor([0]), "g"), train, val, np.arange(8), cfg, 0)
-    two = federate(net, net.init(0, torch.arange(2), "g"), train, val, np.arange(8), cfg, 0)
+    one, one_out = _federated(run, FedAvg(), None, clients)
+    two, two_out = _federated(run, ifca, options, clients)
     assert all(r.clusters is None for r in one.history)
     assert all(r.clusters is not None and len(r.clusters) == 4 for r in two.history)
+    assert all("clusters" in r for r in two_out.info["federation"]["history"])
+    assert num_models(global_model(two_out)) == 2
 
-    chosen = best_models(objective, two.params, val).numpy()
+    own = ifca.personalise(run, options, clients, {}, two_out)
+    chosen = own.state[CHOICE].numpy()
+    # Each client is evaluated with its model of lowest validation loss.
+    assert np.array_equal(chosen, best_models(objective, global_model(two_out), val).numpy())
     # Each group chose one model, and the two groups chose different ones.
     assert len(set(chosen[group == 0])) == 1 and len(set(chosen[group == 1])) == 1
     assert chosen[0] != chosen[1]
-    own = rows(two.params, torch.as_tensor(chosen))
-    assert float(evaluate(objective, own, val).accuracy.mean()) > 0.9
+    ev = ifca.evaluate(run, options, own, {}, val)
+    assert float(ev.accuracy.mean()) > 0.9
+    assert ev.scalars["model"].tolist() == chosen.tolist()
+    details = ifca.details(options, {"model": [float(m) for m in chosen]})
+    assert details == {
+        "models": 2,
+        "clients_per_model": np.bincount(chosen, minlength=2).tolist(),
+        "model_of_client": chosen.tolist(),
+    }
     # A single global model cannot serve both groups.
-    assert float(evaluate(objective, one.params, val).accuracy.mean()) < 0.75
+    shared = FedAvg().evaluate(run, None, one_out, {}, val)
+    torch.testing.assert_close(
+        shared.accuracy, evaluate(objective, global_model(one_out), val).accuracy
+    )
+    assert float(shared.accuracy.mean()) < 0.75
 
 
 def test_early_stopping_keeps_every_model_of_the_best_round() -> None:
     train, val, _ = _two_tasks(clients=4, per_client=20)
-    net = build_network("mlp", (1, 4), 2, dropout=0.0)
-    local = TrainConfig(1, 10, OptimizerConfig("adam", lr=1e-2))
-    cfg = FedAvgConfig(6, 2, local, EarlyStopping(2, 5, 0.0))
-    fed = federate(net, net.init(0, torch.arange(3), "g"), train, val, np.arange(4), cfg, 0)
-    assert next(iter(fed.params.values())).shape[0] == 3
-    checked = [r for r in fed.history if r.val_loss is not None]
+    run = _run(
+        {
+            "rounds": 6,
+            "clients_per_round": 2,
+            "local_epochs": 1,
+            "batch_size": 10,
+            "lr": 1e-2,
+            "stopping": {"check_every": 2, "patience": 5, "min_delta": 0.0},
+        }
+    )
+    # Client 3 opts out: it never trains, but still picks a model.
+    opt_out = torch.tensor([False, False, False, True])
+    clients = Clients(torch.arange(4), train, val, opt_out)
+    ifca, options = Ifca(), IfcaOptions(models=3)
+    server, fed = _federated(run, ifca, options, clients)
+    assert num_models(server.best_params) == 3 == num_models(global_model(fed))
+    checked = [r for r in server.history if r.val_loss is not None]
     assert [r.round for r in checked] == [1, 3, 5]
-    assert fed.best_round == min(checked, key=lambda r: r.val_loss or 0.0).round
+    assert server.best_round == min(checked, key=lambda r: r.val_loss or 0.0).round
+    assert fed.info["federation"]["best_round"] == server.best_round
+    assert all(set(r.clients) <= {0, 1, 2} for r in server.history)
+    for name, p in server.best_params.items():
+        assert torch.equal(global_model(fed)[name], p)
+    own = ifca.personalise(run, options, clients, {}, fed)
+    assert own.state[CHOICE].shape == (4,)
+    assert own.info == fed.info

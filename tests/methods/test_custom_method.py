@@ -127,6 +127,9 @@ def test_a_method_defined_in_a_test_runs_through_fedmoe_run(tmp_path: Path) -> N
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     _check(results)
     assert "| Fixed mix |" in (tmp_path / "out" / "results.md").read_text()
+    # The run draws its own plots from the entries, the new mixture's gate included.
+    plots = sorted(p.name for p in (tmp_path / "out" / "plots").iterdir())
+    assert plots == ["accuracy.png", "clients.png", "gate.png"]
     with pytest.raises(SystemExit) as exc:
         main(["run", "--config", str(cfg_file), "--set", "method.fixed-mix.weight=2", "--quiet"])
     assert exc.value.code == 1

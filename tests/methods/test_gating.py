@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 from fedmoe.engine import ClientData, EarlyStopping, OptimizerConfig, TrainConfig
+from fedmoe.experiment import config
+from fedmoe.experiment.prepare import run_spec
+from fedmoe.federation import Clients
+from fedmoe.methods import fitted_gate as fg
+from fedmoe.methods.base import GLOBAL, Output, RunSpec, federated_output, global_model
 from fedmoe.methods.gating import (
     PRIOR_SCALE,
     Experts,
@@ -19,14 +26,17 @@ from fedmoe.methods.gating import (
     log_prior_ratio,
     scaled,
 )
-from fedmoe.methods.params import rows
+from fedmoe.methods.moe_ifca import MoeIfca
+from fedmoe.methods.moe_plus import MoePlus, MoePlusOptions
+from fedmoe.methods.params import prefixed, rows
+from fedmoe.methods.personal import MODEL, personal_model
 from fedmoe.models import build_network
 
 
 def test_temperature_recovers_an_overconfident_expert() -> None:
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 4000, 5, generator=g) * 2.0
-    y = torch.distributions.Categorical(logits=logits).sample()
+    y = torch.distributions.Categorical(logits=logits).sample()  # type: ignore[no-untyped-call]
     # Client 0's expert is 3x overconfident, client 1's is calibrated.
     log_p = torch.stack([torch.log_softmax(3.0 * logits[0], -1), torch.log_softmax(logits[1], -1)])
     t = fit_temperature(log_p, y, torch.ones(2, 4000, dtype=torch.bool))
@@ -209,3 +219,102 @@ def test_cached_cluster_experts_are_each_models_outputs() -> None:
         net, specialists, net.init(0, torch.tensor([0]), "g"), ClientData.common(x, y, 2), clusters
     )
     assert shared.log_pc is not None and shared.log_pc.shape == (1, 12, 3, 4)
+
+
+# The gate methods through their hooks: what ``personalise`` keeps is what ``evaluate``
+# restores.
+
+GATE_RUN: dict[str, Any] = {
+    "personalise": {
+        "epochs": 6,
+        "batch_size": 5,
+        "lr": 1e-2,
+        "stopping": {"check_every": 1, "patience": 2, "min_delta": 0.0},
+    },
+}
+
+
+def _gate_setup() -> tuple[RunSpec, Clients, dict[str, Output], ClientData]:
+    """Four clients of a 3-class toy task, a global model, their specialists (standing in
+    for FT's) and two cluster models (standing in for IFCA's), and a shared test set."""
+    g = torch.Generator().manual_seed(0)
+    k, per = 4, 20
+    n = k * per * 3
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = torch.randn(n, 1, 6, generator=g) + y[:, None, None].float()
+    idx = np.arange(n).reshape(k, 3, per)
+    split = [ClientData.from_indices(x, y, [i[s] for i in idx]) for s in range(3)]
+    net = build_network("mlp", (1, 6), 3)
+    gate_net = build_network("mlp", (1, 6), 3, gate=True)
+    run = run_spec(config.from_dict(GATE_RUN), net, gate_net, (1, 6), 3, torch.device("cpu"))
+    ids = torch.arange(k)
+    clients = Clients(ids, split[0], split[1], torch.zeros(k, dtype=torch.bool))
+    inputs = {
+        "fedavg": federated_output(net.init(0, torch.tensor([0]), "g"), {}, {}),
+        "finetune": Output(prefixed(net.init(0, ids, "s"), MODEL)),
+        "ifca": Output(prefixed(net.init(0, torch.arange(2), "c"), GLOBAL)),
+    }
+    return run, clients, inputs, split[2]
+
+
+def test_moe_plus_keeps_each_variants_gate_and_evaluates_it_as_fitted() -> None:
+    run, clients, inputs, test = _gate_setup()
+    method = MoePlus()
+    options = MoePlusOptions(lr=1e-2, ablation=True)
+    own = method.personalise(run, options, clients, inputs, None)
+    variants = options.variants()
+    assert len(variants) == 7 and next(iter(variants.values())) == options.gate()
+    assert {f"v{j}.t_global" for j in range(7)} <= set(own.state) and fg.RATIO in own.state
+    specialists = personal_model(inputs["finetune"])
+    glob = global_model(inputs["fedavg"])
+    for data in (test, ClientData.common(test.x, test.y, 4)):
+        ev = method.evaluate(run, options, own, inputs, data)
+        assert list(ev.variants) == list(variants)
+        main = ev.variants[next(iter(variants))]
+        torch.testing.assert_close(ev.accuracy, main.accuracy)
+        assert ev.gate is not None and main.gate is not None
+        torch.testing.assert_close(ev.gate.g, main.gate.g)
+        assert ev.gate.g.shape == (4, data.capacity)
+        # The restored gate of every variant is the one a direct fit gives.
+        for label, gate in list(variants.items())[:3]:
+            train, val, on = (
+                fg.experts_on(run, specialists, glob, d, None, {gate.inputs})[gate.inputs]
+                for d in (clients.train, clients.val, data)
+            )
+            fit = fg.fit(run, gate, options.lr, clients, train, val, label)
+            direct = fg.evaluated(fit, on)
+            torch.testing.assert_close(ev.variants[label].accuracy, direct.accuracy)
+            if label == next(iter(variants)):
+                assert own.epochs is not None and torch.equal(own.epochs, fit.epochs)
+    label = list(variants)[1]
+    scalars = {k: v.tolist() for k, v in ev.variants[label].scalars.items()}
+    details = method.details(options, scalars, label)
+    assert details["options"]["inputs"] == variants[label].inputs
+    assert set(details["temperature"]) == {"specialist", "global"}
+    assert method.details(options, scalars) == {}
+
+
+def test_moe_ifca_gate_over_cluster_models_round_trips_through_its_state() -> None:
+    run, clients, inputs, test = _gate_setup()
+    method = MoeIfca()
+    options = fg.GateOptions(lr=1e-2)
+    own = method.personalise(run, options, clients, inputs, None)
+    assert own.state["gate.t_clusters"].shape == (4, 2)
+    ev = method.evaluate(run, options, own, inputs, test)
+    experts = [
+        fg.experts_on(
+            run,
+            personal_model(inputs["finetune"]),
+            global_model(inputs["fedavg"]),
+            d,
+            global_model(inputs["ifca"]),
+            {"features"},
+        )["features"]
+        for d in (clients.train, clients.val, test)
+    ]
+    assert experts[2].num_clusters == 2
+    fit = fg.fit(run, options.gate(), options.lr, clients, experts[0], experts[1], "fit")
+    direct = fg.evaluated(fit, experts[2])
+    torch.testing.assert_close(ev.accuracy, direct.accuracy)
+    assert ev.gate is not None and direct.gate is not None
+    torch.testing.assert_close(ev.gate.g, direct.gate.g)

@@ -2,26 +2,44 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 
 from fedmoe import rng
-from fedmoe.engine import ClientData, EarlyStopping, OptimizerConfig, TrainConfig, evaluate
-from fedmoe.engine.objective import Dropout
-from fedmoe.methods import (
-    FedAvgConfig,
-    FedAvgServer,
-    Mixture,
-    MixtureConfig,
-    aggregate,
-    federate,
-    finetune,
-    local,
-    moe,
+from fedmoe.engine import (
+    Classifier,
+    ClientData,
+    EarlyStopping,
+    OptimizerConfig,
+    TrainConfig,
+    evaluate,
 )
-from fedmoe.methods.mixture import combine
+from fedmoe.engine.objective import Dropout
+from fedmoe.errors import ConfigError
+from fedmoe.experiment import config
+from fedmoe.experiment.federate import federate
+from fedmoe.experiment.prepare import run_spec
+from fedmoe.federation import (
+    Clients,
+    FederationConfig,
+    FederationServer,
+    Update,
+    weighted_mean,
+)
+from fedmoe.methods import Method, Output, RunSpec, registry
+from fedmoe.methods.base import federated_output, global_model
+from fedmoe.methods.fedavg import FedAvg
+from fedmoe.methods.finetune import FineTune
+from fedmoe.methods.local import Local
+from fedmoe.methods.mixture import Mixture, combine
+from fedmoe.methods.moe import Moe, MoeOptions, mixture_of
+from fedmoe.methods.moe_staged import MoeStaged, MoeStagedOptions
 from fedmoe.methods.params import prefixed
+from fedmoe.methods.personal import personal_model
 from fedmoe.models import build_network
 
 
@@ -47,11 +65,17 @@ def test_probability_mixture_is_the_weighted_sum_of_probabilities() -> None:
 
 def test_aggregate_weights_by_sample_count() -> None:
     updates = {"w": torch.tensor([[1.0, 2.0], [3.0, 6.0]]), "b": torch.tensor([[0.0], [4.0]])}
-    out = aggregate(updates, torch.tensor([1, 3]))
+    out = weighted_mean(updates, torch.tensor([1, 3]))
     torch.testing.assert_close(out["w"], torch.tensor([[2.5, 5.0]]))
     torch.testing.assert_close(out["b"], torch.tensor([[3.0]]))
     with pytest.raises(ValueError):
-        aggregate(updates, torch.tensor([0, 0]))
+        weighted_mean(updates, torch.tensor([0, 0]))
+    # FedAvg's aggregation hook is that weighted mean of the round's updates.
+    hooks = FedAvg.federated
+    assert hooks is not None
+    server = {"w": torch.zeros(1, 2), "b": torch.zeros(1, 1)}
+    new = hooks.aggregate(server, Update(updates), torch.tensor([1, 3]))
+    torch.testing.assert_close(new, out)
 
 
 def _cfg(epochs: int = 2) -> TrainConfig:
@@ -60,15 +84,15 @@ def _cfg(epochs: int = 2) -> TrainConfig:
 
 def test_server_samples_opt_in_only_and_keeps_a_copy_of_the_best() -> None:
     params = {"w": torch.zeros(1, 2)}
-    cfg = FedAvgConfig(
+    cfg = FederationConfig(
         rounds=5, clients_per_round=3, local=_cfg(), early_stopping=EarlyStopping(1, 2, 0.0)
     )
     opt_in = np.array([1, 4, 5, 8, 9])
-    server = FedAvgServer(params, opt_in, cfg, seed=0)
+    server = FederationServer(params, opt_in, cfg, seed=0)
     picks = [server.sample(r) for r in range(20)]
     assert all(len(p) == 3 and set(p) <= set(opt_in) for p in picks)
     assert len({tuple(p) for p in picks}) > 1
-    assert np.array_equal(server.sample(3), FedAvgServer(params, opt_in, cfg, seed=0).sample(3))
+    assert np.array_equal(server.sample(3), FederationServer(params, opt_in, cfg, 0).sample(3))
     server.params = {"w": torch.ones(1, 2)}
     assert not server.record(0, [1], 1.0, 0.5)
     server.params["w"].add_(5.0)  # a live update must not change the kept best
@@ -76,13 +100,15 @@ def test_server_samples_opt_in_only_and_keeps_a_copy_of_the_best() -> None:
     assert server.record(2, [1], 3.0, 0.5)  # patience 2 reached
     assert server.best_round == 0
     torch.testing.assert_close(server.best_params["w"], torch.ones(1, 2))
+    with pytest.raises(ValueError, match="at least one opt-in client"):
+        FederationServer(params, np.array([], dtype=np.int64), cfg, seed=0)
 
 
 def test_server_validates_every_check_every_rounds_and_counts_patience_in_checks() -> None:
-    cfg = FedAvgConfig(
+    cfg = FederationConfig(
         rounds=10, clients_per_round=1, local=_cfg(), early_stopping=EarlyStopping(3, 2, 0.0)
     )
-    server = FedAvgServer({"w": torch.zeros(1, 2)}, np.array([0]), cfg, seed=0)
+    server = FederationServer({"w": torch.zeros(1, 2)}, np.array([0]), cfg, seed=0)
     assert [r for r in range(10) if server.validates(r)] == [2, 5, 8, 9]
     stops = []
     for r in range(9):
@@ -94,6 +120,13 @@ def test_server_validates_every_check_every_rounds_and_counts_patience_in_checks
     assert stops == [False] * 8 + [True]
     assert server.best_round == 2
     assert [h.val_loss for h in server.history[:3]] == [None, None, 1.0]
+    summary = server.summary()
+    assert (summary["best_round"], summary["rounds_run"]) == (2, 9)
+    assert "clusters" not in summary["history"][0]
+    # The state dict restores a server exactly where it was.
+    other = FederationServer({"w": torch.zeros(1, 2)}, np.array([0]), cfg, seed=0)
+    other.load_state_dict(server.state_dict())
+    assert other.summary() == summary and other.stopped and other.finished
 
 
 def _toy(num_clients: int = 4, per_client: int = 20) -> tuple[ClientData, ClientData, torch.Tensor]:
@@ -107,59 +140,116 @@ def _toy(num_clients: int = 4, per_client: int = 20) -> tuple[ClientData, Client
     return train, val, torch.arange(num_clients)
 
 
-def test_federate_then_personalise_runs_and_moe_respects_freezing() -> None:
-    train, val, clients = _toy()
+#: The toy runs' shared settings: 3 rounds of 2 clients, then personalisation with
+#: early stopping every epoch (patience 2).
+TOY_CONFIG: dict[str, Any] = {
+    "federated": {
+        "rounds": 3,
+        "clients_per_round": 2,
+        "local_epochs": 1,
+        "batch_size": 5,
+        "lr": 1e-2,
+        "early_stopping": False,
+    },
+    "personalise": {
+        "epochs": 4,
+        "batch_size": 5,
+        "lr": 1e-2,
+        "stopping": {"check_every": 1, "patience": 2, "min_delta": 0.0},
+    },
+}
+
+
+def _toy_run() -> RunSpec:
     net = build_network("mlp", (1, 6), 3)
     gate_net = build_network("mlp", (1, 6), 3, gate=True)
-    init = net.init(0, torch.tensor([0]), "global/init")
-    fcfg = FedAvgConfig(rounds=3, clients_per_round=2, local=_cfg(1))
-    fed = federate(net, init, train, val, np.array([0, 2, 3]), fcfg, seed=0)
-    assert len(fed.history) == 3
-    assert all(set(r.clients) <= {0, 2, 3} for r in fed.history)
-    es = EarlyStopping(check_every=1, patience=2, min_delta=0.0)
-    pcfg = TrainConfig(
-        epochs=4, batch_size=5, optimizer=OptimizerConfig("adam", lr=1e-2), early_stopping=es
-    )
-    loc = local(net, train, val, clients, pcfg, seed=0)
-    ft = finetune(net, fed.params, train, val, clients, pcfg, seed=0)
-    gate_only = moe(
-        net,
-        gate_net,
-        fed.params,
-        ft.params,
-        train,
-        val,
-        clients,
-        pcfg,
-        MixtureConfig(train_specialist=False),
-        seed=0,
-    )
-    for name, p in ft.params.items():
-        assert torch.equal(gate_only.params[f"specialist.{name}"], p)
-    full = moe(
-        net, gate_net, fed.params, ft.params, train, val, clients, pcfg, MixtureConfig(), seed=0
-    )
-    assert set(full.params) == set(gate_only.params)
-    staged = moe(
-        net,
-        gate_net,
-        fed.params,
-        ft.params,
-        train,
-        val,
-        clients,
-        pcfg,
-        MixtureConfig(schedule="staged"),
-        seed=0,
-    )
+    cfg = config.from_dict(TOY_CONFIG)
+    return run_spec(cfg, net, gate_net, (1, 6), 3, torch.device("cpu"))
+
+
+def _federated(run: RunSpec, method: Method, clients: Clients, options: Any = None) -> Output:
+    """The method's federated phase as the simulator's driver runs it (no checkpoints)."""
+    assert method.federated is not None
+    server, state = federate(run, method.federated, options, clients, "rounds")
+    return federated_output(server.best_params, server.summary(), state)
+
+
+def test_federate_then_personalise_runs_and_moe_respects_freezing() -> None:
+    train, val, ids = _toy()
+    run = _toy_run()
+    opt_out = torch.tensor([False, True, False, False])
+    clients = Clients(ids, train, val, opt_out)
+    fedavg, local, finetune = FedAvg(), Local(), FineTune()
+    fed_out = _federated(run, fedavg, clients)
+    history = fed_out.info["federation"]["history"]
+    assert len(history) == 3
+    assert all(set(r["clients"]) <= {0, 2, 3} for r in history)
+    # FedAvg has no personalisation: its output is the federated one.
+    fed = fedavg.personalise(run, None, clients, {}, fed_out)
+    assert fed is fed_out
+    loc = local.personalise(run, None, clients, {}, None)
+    ft = finetune.personalise(run, None, clients, {"fedavg": fed}, None)
+    inputs = {"fedavg": fed, "finetune": ft}
+    gate_only_options = MoeOptions(lr=1e-2, train_specialist=False)
+    gate_only = Moe().personalise(run, gate_only_options, clients, inputs, None)
+    for name, p in personal_model(ft).items():
+        assert torch.equal(gate_only.state[f"specialist.{name}"], p)
+    full_options = MoeOptions(lr=1e-2)
+    full = Moe().personalise(run, full_options, clients, inputs, None)
+    assert set(full.state) == set(gate_only.state)
+    staged_options = MoeOptions(lr=1e-2, schedule="staged")
+    staged = Moe().personalise(run, staged_options, clients, inputs, None)
     # Both stages' epochs count (at least one each); the joint stage moves the specialist.
-    assert torch.all(staged.epochs >= 2)
-    assert not torch.equal(staged.params["specialist.fc1.weight"], ft.params["fc1.weight"])
-    assert not torch.equal(staged.params["gate.fc1.weight"], full.params["gate.fc1.weight"])
-    for res in (loc, ft, gate_only, full, staged):
-        ev = evaluate(res.objective, res.params, val)
-        assert ev.accuracy.shape == (4,)
-        assert torch.all(ev.loss <= res.best_loss + 1e-6)
+    assert staged.epochs is not None and torch.all(staged.epochs >= 2)
+    ft_weight = personal_model(ft)["fc1.weight"]
+    assert not torch.equal(staged.state["specialist.fc1.weight"], ft_weight)
+    assert not torch.equal(staged.state["gate.fc1.weight"], full.state["gate.fc1.weight"])
+    # moe-staged is moe with the staged schedule.
+    same = MoeStaged().personalise(run, MoeStagedOptions(lr=1e-2), clients, inputs, None)
+    for name, p in staged.state.items():
+        assert torch.equal(same.state[name], p)
+
+    personal = {"local": loc, "finetune": ft}
+    mixtures = {"gate_only": (gate_only, gate_only_options), "full": (full, full_options)}
+    mixtures["staged"] = (staged, staged_options)
+    for name, out in personal.items():
+        ev = evaluate(Classifier(run.net), personal_model(out), val)
+        assert out.best_loss is not None and torch.all(ev.loss <= out.best_loss + 1e-6)
+        own = registry.get(name).evaluate(run, None, out, inputs, val)
+        assert own.accuracy.shape == (4,) and own.gate is None
+        torch.testing.assert_close(own.accuracy, ev.accuracy)
+    for out, options in mixtures.values():
+        ev = evaluate(mixture_of(run, options, inputs), out.state, val)
+        assert out.best_loss is not None and torch.all(ev.loss <= out.best_loss + 1e-6)
+        own = Moe().evaluate(run, options, out, inputs, val)
+        assert own.accuracy.shape == (4,)
+        torch.testing.assert_close(own.accuracy, ev.accuracy)
+        assert own.gate is not None and own.gate.g.shape == (4, 20)
+        assert bool(((own.gate.g >= 0) & (own.gate.g <= 1)).all())
+    # FedAvg's one model serves everyone, opt-out client 1 included.
+    shared = fedavg.evaluate(run, None, fed, {}, val)
+    ev = evaluate(Classifier(run.net), global_model(fed), val)
+    torch.testing.assert_close(shared.accuracy, ev.accuracy)
+
+
+def test_federated_phase_is_deterministic_and_resumes_exactly() -> None:
+    train, val, ids = _toy()
+    run = _toy_run()
+    clients = Clients(ids, train, val, torch.zeros(4, dtype=torch.bool))
+    hooks = FedAvg.federated
+    assert hooks is not None
+    whole, _ = federate(run, hooks, None, clients, "rounds")
+    saved: list[dict[str, Any]] = []
+
+    def keep(server: FederationServer, state: dict[str, torch.Tensor]) -> None:
+        if server.next_round == 1:
+            saved.append({"server": server.state_dict(), "clients": state})
+
+    federate(run, hooks, None, clients, "rounds", None, keep)
+    resumed, _ = federate(run, hooks, None, clients, "rounds", saved[0])
+    assert resumed.summary() == whole.summary()
+    for name, p in whole.best_params.items():
+        assert torch.equal(resumed.best_params[name], p)
 
 
 def test_global_expert_is_frozen_and_in_eval_mode() -> None:
@@ -178,3 +268,53 @@ def test_global_expert_is_frozen_and_in_eval_mode() -> None:
     torch.testing.assert_close(log_pg_a, log_pg_b)
     torch.testing.assert_close(log_pg_a, log_pg_eval)
     assert not log_pg_a.requires_grad
+
+
+def test_every_builtin_method_describes_itself_and_its_needs_come_first() -> None:
+    names = registry.names()
+    assert {"fedavg", "local", "finetune", "moe", "moe-plus", "ifca", "centralised"} <= set(names)
+    for name in names:
+        method = registry.get(name)
+        assert method.name == name and method.label and method.description
+        assert "\n" not in method.description
+        assert all(n in names for n in method.needs)
+        registry.check_order((*method.needs, name))
+        if method.options is not None:
+            # Every option has a default: a listed method needs no section.
+            defaults = method.options()
+            if hasattr(defaults, "validate"):
+                defaults.validate(f"method.{name}")
+        if method.baselines is not None:
+            assert set(method.baselines) == {"local_test", "global_test"}
+    with pytest.raises(ConfigError, match="unknown method 'nope'"):
+        registry.get("nope")
+
+
+def test_a_method_registers_once_and_a_name_cannot_be_taken_twice() -> None:
+    @dataclass(frozen=True)
+    class EchoOptions:
+        scale: float = 1.0
+
+    class Echo(Method):
+        name = "test-echo"
+        label = "Echo"
+        description = "a test method"
+        options = EchoOptions
+        needs = ("fedavg",)
+
+    try:
+        registry.register(Echo)
+        registry.register(Echo)  # the same class again is harmless
+        assert registry.get("test-echo").options is EchoOptions
+        assert "test-echo" in registry.names()
+
+        class Impostor(Echo):
+            pass
+
+        with pytest.raises(ValueError, match="already registered"):
+            registry.register(Impostor)
+        with pytest.raises(ConfigError, match="needs 'fedavg'"):
+            registry.check_order(("test-echo", "fedavg"))
+    finally:
+        registry.unregister("test-echo")
+    assert "test-echo" not in registry.names()

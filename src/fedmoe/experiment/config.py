@@ -210,7 +210,8 @@ def import_plugins(modules: tuple[str, ...]) -> None:
         try:
             importlib.import_module(module)
         except Exception as exc:  # a broken plugin must not be a bare traceback
-            raise ConfigError(f"plugins: cannot import {module!r}: {exc}") from None
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise ConfigError(f"plugins: cannot import {module!r}: {reason}") from None
 
 
 def _method_sections(data: Mapping[str, Any], listed: tuple[str, ...]) -> dict[str, Any]:
@@ -337,6 +338,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
             node = child
         node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update``'s keys on top of ``base``'s, tables merged key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
     return out
 
 

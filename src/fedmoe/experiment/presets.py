@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 from fedmoe.errors import ConfigError
+from fedmoe.experiment.config import apply_overrides, merge
 
 #: The paper's four methods.
 PAPER_METHODS = ["fedavg", "local", "finetune", "moe"]
@@ -110,6 +111,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     "moe-ifca": MOE_IFCA,
     "quick": QUICK,
 }
+
+
+def compose(name: str | None, user: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The config data of preset ``name`` (if any), then the ``user``'s config file on
+    top, then ``--set`` overrides. A preset's ``[method.<name>]`` sections for methods
+    the result no longer lists are dropped (so ``--set methods=...`` can leave out a
+    method the preset configures); the user's own sections are kept and checked."""
+    base = preset(name) if name else {}
+    data = apply_overrides(merge(base, user), overrides)
+    listed = data.get("methods")
+    if name and listed is not None and isinstance(data.get("method"), dict):
+        names = listed.split(",") if isinstance(listed, str) else list(listed)
+        names = [n.strip() for n in names]
+        mine = set(user.get("method", {})) | {
+            o.split(".")[1] for o in overrides if o.startswith("method.") and "." in o[7:]
+        }
+        data["method"] = {k: v for k, v in data["method"].items() if k in names or k in mine}
+    return data
 
 
 def preset(name: str) -> dict[str, Any]:

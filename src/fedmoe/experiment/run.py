@@ -43,11 +43,6 @@ class _Timer:
         self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
-def _no_progress(description: str, total: int) -> Callable[[int, int], None]:
-    del description, total
-    return lambda done, active: None
-
-
 def _federated(
     run: RunSpec,
     method: Method,
@@ -111,7 +106,7 @@ def run_experiment(
         ds.input_shape,
         ds.num_classes,
         device,
-        progress or _no_progress,
+        progress,
     )
     k = prep.partition.num_clients
     everyone = Clients(

@@ -18,13 +18,13 @@ from fedmoe.engine import (
     EarlyStopping,
     OptimizerConfig,
     TrainConfig,
-    evaluate,
     train,
 )
 from fedmoe.errors import ConfigError
 from fedmoe.federation import Clients
-from fedmoe.methods.base import GLOBAL, Evaluated, Method, Output, RunSpec, global_model
+from fedmoe.methods.base import GLOBAL, Evaluated, Method, Output, RunSpec
 from fedmoe.methods.params import prefixed
+from fedmoe.methods.personal import evaluate_shared
 
 
 @dataclass(frozen=True)
@@ -101,4 +101,4 @@ class Centralised(Method):
         inputs: Mapping[str, Output],
         data: ClientData,
     ) -> Evaluated:
-        return Evaluated(evaluate(Classifier(run.net), global_model(own), data).accuracy)
+        return evaluate_shared(run, own, data)

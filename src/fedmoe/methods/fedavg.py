@@ -12,8 +12,9 @@ import torch
 
 from fedmoe.engine import Classifier, ClientData, Evaluation, evaluate, train
 from fedmoe.federation import Clients, State, Update
-from fedmoe.methods.base import Evaluated, Federated, Method, Output, RunSpec, global_model
+from fedmoe.methods.base import Evaluated, Federated, Method, Output, RunSpec
 from fedmoe.methods.params import broadcast
+from fedmoe.methods.personal import evaluate_shared
 from fedmoe.models import Params
 
 
@@ -61,4 +62,4 @@ class FedAvg(Method):
         inputs: Mapping[str, Output],
         data: ClientData,
     ) -> Evaluated:
-        return Evaluated(evaluate(Classifier(run.net), global_model(own), data).accuracy)
+        return evaluate_shared(run, own, data)

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fedmoe.engine import Classifier, ClientData, train
+from fedmoe.engine import ClientData
 from fedmoe.federation import Clients
 from fedmoe.methods.base import Evaluated, Method, Output, RunSpec, global_model
 from fedmoe.methods.fedavg import FedAvg
 from fedmoe.methods.params import broadcast
-from fedmoe.methods.personal import evaluate_personal, personal_output
+from fedmoe.methods.personal import evaluate_personal, train_personal
 
 
 class FineTune(Method):
@@ -28,13 +28,8 @@ class FineTune(Method):
         inputs: Mapping[str, Output],
         federated: Output | None,
     ) -> Output:
-        keys = clients.keys(run.seed, "finetune/train")
         start = broadcast(global_model(inputs[FedAvg.name]), len(clients.ids))
-        progress = run.progress("FT epochs", run.personalise.epochs)
-        res = train(
-            Classifier(run.net), start, clients.train, run.personalise, keys, clients.val, progress
-        )
-        return personal_output(res)
+        return train_personal(run, clients, start, "finetune/train", "FT epochs")
 
     def evaluate(
         self,

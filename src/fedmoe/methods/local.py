@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fedmoe.engine import Classifier, ClientData, train
+from fedmoe.engine import ClientData
 from fedmoe.federation import Clients
 from fedmoe.methods.base import Evaluated, Method, Output, RunSpec
-from fedmoe.methods.personal import evaluate_personal, personal_output
+from fedmoe.methods.personal import evaluate_personal, train_personal
 
 
 class Local(Method):
@@ -26,12 +26,7 @@ class Local(Method):
         federated: Output | None,
     ) -> Output:
         init = run.net.init(run.seed, clients.ids, "local/init", run.dtype, clients.device)
-        keys = clients.keys(run.seed, "local/train")
-        progress = run.progress("Local epochs", run.personalise.epochs)
-        res = train(
-            Classifier(run.net), init, clients.train, run.personalise, keys, clients.val, progress
-        )
-        return personal_output(res)
+        return train_personal(run, clients, init, "local/train", "Local epochs")
 
     def evaluate(
         self,

@@ -30,22 +30,6 @@ SPECIALIST, GATE = "specialist", "gate"
 
 
 @dataclass(frozen=True)
-class MixtureConfig:
-    """``pool``: how the experts are combined; ``train_specialist``: train specialist and
-    gate (the paper's default) or the gate alone; ``gate_bias``: added to the fresh gate's
-    output bias, so the gate starts at ``g = sigmoid(gate_bias)`` on average (0 is the
-    paper's fresh gate; a positive value starts the mixture near its specialist);
-    ``schedule``: ``joint`` (the paper's) or ``staged`` (the gate alone first, with both
-    experts frozen, then specialist and gate jointly from there; each stage has the full
-    epoch budget and its own early stopping)."""
-
-    pool: Pool = "probability"
-    train_specialist: bool = True
-    gate_bias: float = 0.0
-    schedule: Schedule = "joint"
-
-
-@dataclass(frozen=True)
 class Mixture:
     """Objective over ``specialist.*`` and ``gate.*`` parameters with a frozen global
     expert (``global_params``: client axis of length 1, shared by all clients)."""
