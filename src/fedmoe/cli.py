@@ -43,14 +43,33 @@ def _print_json(obj: Any) -> None:
 
 @data_app.command("info")
 def data_info(
-    name: Annotated[str, typer.Argument(help="Dataset name, e.g. fashion-mnist.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="Dataset name, e.g. fashion-mnist, or your files: npz:PATH, csv:PATH, "
+            "images:DIR, agnews:DIR, clients:DIR."
+        ),
+    ],
     data_dir: Annotated[Path | None, typer.Option(help="Look here first.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="How to read your files: data.key=value, e.g. data.label=y."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Where a dataset's files were found, its shapes, classes and per-class counts."""
-    from fedmoe.data import dataset_info
+    from fedmoe.data import ReadOptions, dataset_info
 
-    info = dataset_info(name, data_dir)
+    options: ReadOptions | None = None
+    if set_:  # the [data] section's keys, validated as fedmoe run does
+        from fedmoe.experiment import config as cfgmod
+        from fedmoe.experiment.prepare import read_options
+
+        for item in set_:
+            if not item.strip().startswith("data."):
+                raise ConfigError(f"data info --set takes data.key=value, got {item!r}")
+        options = read_options(cfgmod.from_dict(cfgmod.apply_overrides({"dataset": name}, set_)))
+    info = dataset_info(name, data_dir, options)
     if as_json:
         _print_json(info)
         return
@@ -63,6 +82,18 @@ def data_info(
         f"train: x {tuple(shapes['x_train'])} y {tuple(shapes['y_train'])}; "
         f"test: x {tuple(shapes['x_test'])} y {tuple(shapes['y_test'])}; dtype {info['dtype']}"
     )
+    if info.get("vocabulary_size"):
+        console.print(
+            f"vocabulary: {info['vocabulary_size']} tokens (sha256 {info['vocabulary_sha256']})"
+        )
+    if info.get("clients"):
+        clients = info["clients"]
+        sizes = ", ".join(f"{c['name']} {c['train']}/{c['test']}" for c in clients[:10])
+        more = f", ... ({len(clients)} in all)" if len(clients) > 10 else ""
+        console.print(
+            f"{len(clients)} clients (train/test): {sizes}{more}; "
+            f"global test set: {info['global_test']}"
+        )
     table = Table("class", "name", "train", "test", title=f"{info['num_classes']} classes")
     names = info["class_names"] or [""] * info["num_classes"]
     counts = info["class_counts"]

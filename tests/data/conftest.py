@@ -9,6 +9,7 @@ import hashlib
 import io
 import pickle
 import struct
+import sys
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from fedmoe.data import registry
 from fedmoe.data.catalogue import DATASETS, DatasetSpec, idx_files
 from fedmoe.data.files import CifarFiles, FileSpec
 from fedmoe.data.sources import CifarLayout, Splits
+
+# The writers of users' files next to the tests (userfiles.py) are imported by name.
+sys.path.insert(0, str(Path(__file__).parent))
 
 _ENV_VARS = ("FEDMOE_DATA", "FEDMOE_MIRROR", "FEDMOE_CACHE", "FEDMOE_SYSTEM_DATA")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedmoe.engine import Classifier, ClientData, evaluate
-from fedmoe.methods import Mixture
+from fedmoe.methods.mixture import Mixture
 from fedmoe.methods.params import broadcast, prefixed
 from fedmoe.models import build_network
 

@@ -19,6 +19,11 @@ Contract of :func:`make_partition` (checked by the tests):
   seed, so e.g. changing ``p`` does not change the majority-class pairs.
 - A request that cannot be met raises :class:`~fedmoe.errors.PartitionError` with a
   one-line message saying what to change; nothing is silently shrunk.
+
+That is the contract of the synthetic schemes. The ``natural`` scheme
+(:class:`~fedmoe.data.natural.NaturalSpec`) keeps the clients the data comes split
+among, with their own sizes and label mixes (contract in :mod:`fedmoe.data.natural`),
+and gives the same :class:`Partition`.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any, ClassVar, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from fedmoe.data.natural import NaturalSpec, natural_split
 from fedmoe.errors import PartitionError
 
 __all__ = [
@@ -42,6 +48,7 @@ __all__ = [
     "DirichletSpec",
     "IIDSpec",
     "MajoritySpec",
+    "NaturalSpec",
     "Partition",
     "PartitionSpec",
     "ShardsSpec",
@@ -233,12 +240,14 @@ class ShardsSpec:
         object.__setattr__(self, "k", _check_int("k (classes per client)", self.k, 1))
 
 
-PartitionSpec: TypeAlias = MajoritySpec | DirichletSpec | IIDSpec | ShardsSpec
+PartitionSpec: TypeAlias = MajoritySpec | DirichletSpec | IIDSpec | ShardsSpec | NaturalSpec
 
 SPEC_TYPES: Mapping[str, type[PartitionSpec]] = MappingProxyType(
     {spec.scheme: spec for spec in (MajoritySpec, DirichletSpec, IIDSpec, ShardsSpec)}
 )
-"""Scheme name -> spec class, for configuration layers."""
+"""Scheme name -> spec class of the synthetic schemes (built from :class:`Sizes`), for
+configuration layers. The ``natural`` scheme (:class:`~fedmoe.data.natural.NaturalSpec`)
+is built from the data's clients instead."""
 
 
 # --------------------------------------------------------------------------- results
@@ -255,7 +264,8 @@ class ClientSplit:
 
     ``train`` and ``val`` index the dataset's train split, ``test`` its test split.
     ``majority`` lists the client's majority classes (majority and shards schemes; the
-    first of a majority pair gets the extra sample of an odd majority count), else ``()``.
+    first of a majority pair gets the extra sample of an odd majority count; natural
+    scheme: its two most frequent training labels, the more frequent first), else ``()``.
     """
 
     train: IntArray
@@ -271,7 +281,11 @@ class Partition:
     ``opt_out`` is a bool array of shape ``(num_clients,)``; ``label_dist`` is the
     ``(num_clients, num_classes)`` float64 label distribution (rows sum to 1) that every
     split's class counts were rounded from. ``params`` holds the scheme's parameters,
-    sizes, seed and opt-out fraction as JSON-able values.
+    sizes, seed and opt-out fraction as JSON-able values. ``names``: the clients' ids
+    as the data names them (natural scheme), else ``()``.
+
+    Synthetic schemes give every client the same sizes; in a natural partition sizes
+    differ and ``label_dist`` is each client's training-label frequencies.
     """
 
     clients: tuple[ClientSplit, ...]
@@ -280,6 +294,7 @@ class Partition:
     params: Mapping[str, ParamValue]
     label_dist: FloatArray
     num_classes: int
+    names: tuple[str, ...] = ()
 
     @property
     def num_clients(self) -> int:
@@ -646,8 +661,12 @@ def make_partition(
     ``y_train`` and ``y_test`` are 1-D integer labels in ``0 .. num_classes - 1`` of the
     train and test splits; ``seed`` is a non-negative int; ``opt_out`` is the fraction
     of clients opting out (see :func:`opt_out_mask`). Raises PartitionError with a
-    one-line reason when the request cannot be met exactly.
+    one-line reason when the request cannot be met exactly. A
+    :class:`~fedmoe.data.natural.NaturalSpec` takes the clients from the data instead
+    (see :mod:`fedmoe.data.natural` for its contract; opt-out works alike).
     """
+    if isinstance(spec, NaturalSpec):
+        return _natural_partition(spec, y_train, y_test, num_classes, seed, opt_out)
     planner = _PLANNERS.get(type(spec))
     if planner is None:
         kinds = ", ".join(sorted(SPEC_TYPES))
@@ -692,6 +711,43 @@ def make_partition(
     )
 
 
+def _natural_partition(
+    spec: NaturalSpec,
+    y_train: npt.ArrayLike,
+    y_test: npt.ArrayLike,
+    num_classes: int,
+    seed: int,
+    opt_out: float,
+) -> Partition:
+    num_classes = _check_int("num_classes", num_classes, 1)
+    seed = _check_int("seed", seed, 0)
+    train_labels = _check_labels("y_train", y_train, num_classes)
+    test_labels = _check_labels("y_test", y_test, num_classes)
+    split = natural_split(spec, train_labels, test_labels, num_classes, seed)
+    clients = tuple(
+        ClientSplit(_frozen(tr), _frozen(va), _frozen(te), majority)
+        for tr, va, te, majority in zip(
+            split.train, split.val, split.test, split.majority, strict=True
+        )
+    )
+    params: dict[str, ParamValue] = {
+        "scheme": spec.scheme,
+        "num_clients": len(clients),
+        "val_fraction": spec.val_fraction,
+        "seed": seed,
+        "opt_out": float(opt_out),
+    }
+    return Partition(
+        clients=clients,
+        opt_out=_frozen(opt_out_mask(len(clients), opt_out, seed)),
+        scheme=spec.scheme,
+        params=MappingProxyType(params),
+        label_dist=_frozen(split.label_dist),
+        num_classes=num_classes,
+        names=spec.rows.names,
+    )
+
+
 def split_label_counts(
     partition: Partition, split: str, labels: npt.ArrayLike, num_classes: int
 ) -> IntArray:
@@ -733,14 +789,15 @@ def partition_to_json(
     num_classes: int,
     include_indices: bool = False,
 ) -> dict[str, Any]:
-    """A JSON-able description: scheme, parameters and, per client, its id, majority
-    classes, opt-out flag, label counts per split, label distribution and (with
-    ``include_indices``) its index arrays as lists."""
+    """A JSON-able description: scheme, parameters and, per client, its id (and its
+    name, natural partitions), majority classes, opt-out flag, label counts per split,
+    label distribution and (with ``include_indices``) its index arrays as lists."""
     counts = label_counts(partition, y_train, y_test, num_classes)
     clients: list[dict[str, Any]] = []
     for k, client in enumerate(partition.clients):
         entry: dict[str, Any] = {
             "id": k,
+            **({"name": partition.names[k]} if partition.names else {}),
             "majority": list(client.majority),
             "opt_out": bool(partition.opt_out[k]),
             "counts": {split: counts[split][k].tolist() for split in SPLITS},

@@ -16,6 +16,9 @@ Lookup order for a dataset ``NAME`` (first directory holding all its files wins)
 Every file may be present raw or gzipped (``NAME`` or ``NAME.gz``). Decoded datasets are
 cached in-process, keyed on the files' resolved paths, sizes, modification times and
 inodes, so a replaced file is decoded afresh.
+
+Names of the form ``KIND:PATH`` are the user's own files, read by
+:mod:`fedmoe.data.userdata` (no lookup, no checksums).
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fedmoe.data import sources
+from fedmoe.data import sources, userdata
 from fedmoe.data.catalogue import DatasetSpec, get_spec
 from fedmoe.data.dataset import ArrayDataset
 from fedmoe.data.files import BUILT_IN, NOT_PINNED, VERIFIED, BuiltinSource, Decoded
+from fedmoe.data.options import ReadOptions
 from fedmoe.data.sources import Splits, data_error
 from fedmoe.errors import DataError
 
@@ -201,14 +205,23 @@ def _load(name: str, data_dir: str | os.PathLike[str] | None) -> tuple[DatasetSp
     return spec, _decode_files(spec, directory, _file_key(files))
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> ArrayDataset:
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    options: ReadOptions | None = None,
+) -> ArrayDataset:
     """Load dataset ``name``, decoded and checked against its registry spec.
 
     Files are looked up in the order described in this module's docstring; pinned
-    checksums are verified and shapes, dtypes and label ranges checked. The result is
-    cached in-process and its arrays are read-only (copy before modifying in place).
-    Raises DataError (one line naming the file and the problem) on any failure.
+    checksums are verified and shapes, dtypes and label ranges checked. A name of the
+    form ``KIND:PATH`` (``npz:``, ``csv:``, ``images:``, ``agnews:``, ``clients:``)
+    reads the user's own files instead, as ``options`` says (see
+    :mod:`fedmoe.data.userdata`; ``options`` is ignored for the catalogue's names). The
+    result is cached in-process and its arrays are read-only (copy before modifying in
+    place). Raises DataError (one line naming the file and the problem) on any failure.
     """
+    if userdata.parse_name(name) is not None:
+        return userdata.load_user_dataset(name, data_dir, options)
     return _load(name, data_dir)[1].dataset
 
 
@@ -216,6 +229,7 @@ def clear_cache() -> None:
     """Forget every decoded dataset held in-process."""
     _decode_files.cache_clear()
     generated.cache_clear()
+    userdata.clear_cache()
 
 
 def overall_checksum(spec: DatasetSpec, checksums: Mapping[str, str]) -> str:
@@ -231,8 +245,15 @@ def overall_checksum(spec: DatasetSpec, checksums: Mapping[str, str]) -> str:
     return NOT_PINNED
 
 
-def dataset_info(name: str, data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def dataset_info(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    options: ReadOptions | None = None,
+) -> dict[str, Any]:
     """A JSON-able summary of dataset ``name`` as loaded (loading it if needed).
+
+    For the user's own files (``KIND:PATH``) see
+    :func:`fedmoe.data.userdata.user_dataset_info` (the same keys and a few more).
 
     Keys: ``name``, ``title``, ``format``, ``directory`` (``None`` for built-ins),
     ``files`` (list of ``{role, path, sha256, checksum}``), ``shapes`` (``x_train``,
@@ -241,6 +262,8 @@ def dataset_info(name: str, data_dir: str | os.PathLike[str] | None = None) -> d
     ``num_classes``), ``checksum`` (``"verified"``, ``"not pinned"`` or the built-in
     note) and ``url`` (canonical download base or ``None``).
     """
+    if userdata.parse_name(name) is not None:
+        return userdata.user_dataset_info(name, data_dir, options)
     spec, loaded = _load(name, data_dir)
     ds = loaded.dataset
     pinned = {} if isinstance(spec.source, BuiltinSource) else spec.source.downloads()

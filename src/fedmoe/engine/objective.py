@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from fedmoe import rng
-from fedmoe.models import Network, Params
+from fedmoe.models import Model, Params
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Dropout:
     counter: int
 
     def mask(
-        self, net: Network, batch: int, dtype: torch.dtype, slot: int = 0
+        self, net: Model, batch: int, dtype: torch.dtype, slot: int = 0
     ) -> torch.Tensor | None:
         """An inverted-dropout mask for ``net``, or ``None`` if it has no dropout."""
         if net.dropout == 0.0:
@@ -90,12 +90,18 @@ def client_losses(
     return mean_nll(objective.log_probs(params, x, dropout), y, valid)
 
 
+def _float_dtype(params: Params) -> torch.dtype:
+    """The parameters' dtype: dropout masks follow it, not the inputs' (token ids are
+    integers)."""
+    return next(iter(params.values())).dtype
+
+
 @dataclass(frozen=True)
 class Classifier:
     """A single network trained on its own log-probabilities."""
 
-    net: Network
+    net: Model
 
     def log_probs(self, params: Params, x: torch.Tensor, dropout: Dropout | None) -> torch.Tensor:
-        mask = None if dropout is None else dropout.mask(self.net, x.shape[1], x.dtype)
+        mask = None if dropout is None else dropout.mask(self.net, x.shape[1], _float_dtype(params))
         return self.net.forward(params, x, mask)

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from fedmoe.errors import ConfigError
+from fedmoe.data import userdata
+from fedmoe.errors import ConfigError, DataError
 from fedmoe.methods import registry
 from fedmoe.methods.builtin import DEFAULT_METHODS, FORMAT_ONE_KEYS
 
-Scheme = Literal["majority", "dirichlet", "iid", "shards"]
+Scheme = Literal["majority", "dirichlet", "iid", "shards", "natural"]
 OptName = Literal["adam", "sgd"]
 DType = Literal["float32", "float64"]
 
@@ -38,7 +39,15 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class PartitionConfig:
-    """How clients' data are drawn (see ``fedmoe.data.partition``)."""
+    """How clients' data are drawn (see ``fedmoe.data.partition``).
+
+    ``scheme = "natural"`` keeps the clients the data comes split among (a CSV's
+    ``data.client`` column, or ``dataset = "clients:DIR"``); ``clients`` must then be
+    the number of clients the data holds, or 0 to take them all (the Flower app needs
+    the number); ``train``, ``val``, ``test``, ``p``, ``overlap``, ``alpha`` and
+    ``classes_per_client`` do not apply (``data.val_fraction`` says how each client's
+    examples are split).
+    """
 
     scheme: Scheme = "majority"
     clients: int = 100
@@ -52,7 +61,13 @@ class PartitionConfig:
     opt_out: float = 0.0
 
     def validate(self) -> None:
-        _check(self.clients >= 1, f"partition.clients must be at least 1, got {self.clients}")
+        if self.scheme == "natural":
+            _check(
+                self.clients >= 0,
+                f"partition.clients must be >= 0 (0: every client of the data), got {self.clients}",
+            )
+        else:
+            _check(self.clients >= 1, f"partition.clients must be at least 1, got {self.clients}")
         for name in ("train", "val", "test"):
             value = getattr(self, name)
             _check(value >= 1, f"partition.{name} must be at least 1, got {value}")
@@ -64,6 +79,57 @@ class PartitionConfig:
         )
         _check(
             0.0 <= self.opt_out < 1.0, f"partition.opt_out must be in [0, 1), got {self.opt_out}"
+        )
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """How the user's own files are read (``dataset = "npz:PATH"``, ``"csv:PATH"``,
+    ``"images:DIR"``, ``"agnews:DIR"`` or ``"clients:DIR"``; see
+    ``fedmoe.data.userdata``) and how a natural partition splits each client's examples.
+
+    ``label``: the CSV's label column. ``client``: the CSV's client-id column (``""``:
+    none; needed for ``partition.scheme = "natural"`` on a CSV). ``test_fraction``: the
+    share of examples held out as the test split where the files have none (per client
+    when the data names clients). ``val_fraction``: natural partitions, the share of
+    each client's training examples that validates. ``split_seed``: seeds the test
+    hold-out (the dataset's own split: it does not follow the run's ``seed``; the
+    validation draw does). ``vocab_size``: text, how many of the most frequent training
+    tokens the vocabulary keeps (besides padding, id 0, and unknown, id 1);
+    ``max_length``: tokens per text. The catalogue's datasets ignore this section.
+    """
+
+    label: str = "label"
+    client: str = ""
+    test_fraction: float = 0.2
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    vocab_size: int = 20_000
+    max_length: int = 64
+
+    def validate(self, dataset: str, scheme: str) -> None:
+        _check(bool(self.label.strip()), "data.label must name the label column")
+        _check(
+            self.client.strip() != self.label.strip(),
+            f"data.client and data.label both name column {self.label!r}",
+        )
+        for name in ("test_fraction", "val_fraction"):
+            value = getattr(self, name)
+            _check(0.0 < value < 1.0, f"data.{name} must be in (0, 1), got {value}")
+        _check(self.split_seed >= 0, f"data.split_seed must be >= 0, got {self.split_seed}")
+        _check(self.vocab_size >= 1, f"data.vocab_size must be at least 1, got {self.vocab_size}")
+        _check(self.max_length >= 1, f"data.max_length must be at least 1, got {self.max_length}")
+        kind = userdata.parse_name(dataset)
+        user = None if kind is None else kind.kind
+        _check(
+            not self.client or user == "csv",
+            f"data.client names a CSV column but dataset {dataset!r} is not a csv:PATH",
+        )
+        _check(
+            scheme != "natural" or user == "clients" or (user == "csv" and bool(self.client)),
+            f"partition.scheme = 'natural' takes the clients from the data, but dataset"
+            f" {dataset!r} names none: use dataset = 'csv:PATH' with data.client set to its"
+            " client-id column, or dataset = 'clients:DIR'",
         )
 
 
@@ -151,7 +217,14 @@ class ExperimentConfig:
 
     dataset: str = "fashion-mnist"
     data_dir: str = ""
+    #: ``auto``, a built-in architecture, or your factory ``package.module:function``
+    #: (called with the input shape and the number of outputs; returns an nn.Module).
     model: str = "auto"
+    #: The specialists' model in mixtures ("": ``model``); an architecture or factory.
+    specialist_model: str = ""
+    #: A user model's head (its last layer by default): a submodule name, for methods
+    #: that split a model into body and head.
+    head: str = ""
     seed: int = 0
     device: str = "cpu"
     dtype: DType = "float32"
@@ -162,6 +235,7 @@ class ExperimentConfig:
     #: Modules imported before the methods are looked up: where your own methods
     #: register themselves (``fedmoe.methods.register``).
     plugins: tuple[str, ...] = ()
+    data: DataSection = field(default_factory=DataSection)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     federated: FederatedSection = field(default_factory=FederatedSection)
     personalise: PersonaliseSection = field(default_factory=PersonaliseSection)
@@ -182,6 +256,11 @@ class ExperimentConfig:
             f"device must be cpu, cuda, cuda:N or mps, got {self.device!r}",
         )
         _check(bool(self.methods), "methods must list at least one method")
+        try:
+            userdata.parse_name(self.dataset)
+        except DataError as exc:
+            raise ConfigError(f"dataset: {exc}") from None
+        self.data.validate(self.dataset, self.partition.scheme)
         self.partition.validate()
         self.federated.validate()
         self.personalise.validate()

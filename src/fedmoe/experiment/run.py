@@ -107,6 +107,7 @@ def run_experiment(
         ds.num_classes,
         device,
         progress,
+        prep.specialist_net,
     )
     k = prep.partition.num_clients
     everyone = Clients(

@@ -43,9 +43,10 @@ class Node:
 
     @staticmethod
     def of(cfg: ExperimentConfig, data: NodeData) -> Node:
-        net, gate_net = build_networks(cfg, data.input_shape, data.num_classes)
+        net, gate_net, specialist = build_networks(cfg, data.input_shape, data.num_classes)
         device = data.train.x.device
-        run = run_spec(cfg, net, gate_net, data.input_shape, data.num_classes, device)
+        shape, classes = data.input_shape, data.num_classes
+        run = run_spec(cfg, net, gate_net, shape, classes, device, None, specialist)
         ids = torch.tensor([data.client])
         clients = Clients(ids, data.train, data.val, torch.tensor([data.opt_out]))
         return Node(cfg, data, run, clients)

@@ -5,17 +5,22 @@ Two ways to get it (:class:`~fedmoe.flower.config.NodeOptions`):
 - **partition** (default): the node loads the named dataset and computes the run's
   partition with :func:`fedmoe.data.partition.make_partition` (same spec, seed and
   opt-out fraction as ``fedmoe run``), then keeps client ``partition-id``'s rows. Its
-  tensors are exactly that client's rows of the embedded simulator's tensors.
+  tensors are exactly that client's rows of the embedded simulator's tensors. This
+  covers the user's own files (``npz:PATH``, ``csv:PATH``, ... read as the run's
+  ``[data]`` section says) and natural partitions (client ``partition-id`` is the
+  data's client of that index, in natural order of the client ids).
 - **local data** (``local-data=<dir>``): the node's own examples in the dataset's
   standard files (e.g. the four IDX files of Fashion-MNIST): the train files are split
   into train and validation in the run's ``train:val`` proportion (seeded by the run's
   seed and the client id), the test files are the local test set.
 
 Either way, inputs are standardised with the public dataset's train-split statistics
-and the global test set is the public dataset's test split, so every node needs the
-public dataset's files too (found by the usual lookup: ``data-dir``, ``FEDMOE_DATA``,
-the system datasets directory, the cache). Nothing here leaves the node except what
-:class:`NodeData` describes as metadata (counts, shapes, majority classes, a digest).
+and the global test set is the public dataset's (its test split, or a natural
+partition's shared test file), so every node needs the public dataset's files too
+(found by the usual lookup: ``data-dir``, ``FEDMOE_DATA``, the system datasets
+directory, the cache; a relative ``KIND:PATH`` is relative to ``data-dir``). Nothing
+here leaves the node except what :class:`NodeData` describes as metadata (counts,
+shapes, majority classes, a digest).
 """
 
 from __future__ import annotations
@@ -30,14 +35,16 @@ import numpy as np
 import torch
 
 from fedmoe import rng
-from fedmoe.data import ArrayDataset, get_spec, load_dataset
+from fedmoe.data import ArrayDataset, get_spec
 from fedmoe.data.files import BuiltinSource, FileFormat, FileSpec
 from fedmoe.data.partition import Partition
+from fedmoe.data.userdata import is_user_name
 from fedmoe.engine import ClientData
 from fedmoe.errors import DataError
 from fedmoe.experiment.config import ExperimentConfig
 from fedmoe.experiment.prepare import (
     input_stats,
+    load_data,
     partition_of,
     resolve_device,
     to_tensor,
@@ -91,7 +98,7 @@ def _node_data(cfg: ExperimentConfig, node: NodeOptions) -> NodeData:
 
 
 def _dataset(cfg: ExperimentConfig, data_dir: str) -> ArrayDataset:
-    return load_dataset(cfg.dataset, data_dir or None)
+    return load_data(cfg, data_dir)
 
 
 @lru_cache(maxsize=2)
@@ -104,8 +111,9 @@ def _global_test(cfg: ExperimentConfig, data_dir: str) -> ClientData:
     dataset = _dataset(cfg, data_dir)
     mean, std = input_stats(dataset)
     device = resolve_device(cfg.device)
-    x = to_tensor(dataset.x_test, mean, std, torch_dtype(cfg), device)
-    y = torch.from_numpy(dataset.y_test.astype(np.int64)).to(device)
+    rows = dataset.global_test
+    x = to_tensor(dataset.x_test[rows], mean, std, torch_dtype(cfg), device)
+    y = torch.from_numpy(dataset.y_test[rows].astype(np.int64)).to(device)
     return ClientData.common(x, y, 1)
 
 
@@ -184,6 +192,12 @@ def _unpinned(fmt: FileFormat) -> FileFormat:
 
 
 def _local(cfg: ExperimentConfig, node: NodeOptions, data_dir: str) -> NodeData:
+    if is_user_name(cfg.dataset):
+        raise DataError(
+            f"local-data reads a catalogue dataset's standard files, not {cfg.dataset!r};"
+            " for your own files give every node the run's files (partition mode, e.g. a"
+            " natural partition)"
+        )
     ds = _dataset(cfg, data_dir)
     spec = get_spec(cfg.dataset)
     if isinstance(spec.source, BuiltinSource):

@@ -29,7 +29,7 @@ from fedmoe.flower.messages import METRICS, VARIANTS
 from fedmoe.flower.records import number
 from fedmoe.flower.roster import Roster
 from fedmoe.methods import registry
-from fedmoe.models import Network
+from fedmoe.models import Model
 
 
 def _numbers(reply: Message) -> dict[str, float]:
@@ -71,7 +71,7 @@ def _entries(
 
 def flower_results(
     cfg: ExperimentConfig,
-    net: Network,
+    net: Model,
     servers: dict[str, FederationServer],
     roster: Roster,
     evaluated: dict[int, tuple[Message, Message]],

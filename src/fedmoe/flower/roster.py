@@ -222,7 +222,7 @@ class Roster:
             raise ValueError(f"client id {info.client} outside 0..{self.num_clients - 1}")
         p = self.partition
         sizes = (info.num_train, info.num_val, info.num_test)
-        if info.scheme != "local-data" and sizes != (p.train, p.val, p.test):
+        if info.scheme not in ("local-data", "natural") and sizes != (p.train, p.val, p.test):
             # Partition sizes are exact: anything else is a misconfigured or lying node
             # (the training-set size weighs its updates).
             raise ValueError(

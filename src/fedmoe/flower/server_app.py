@@ -94,9 +94,11 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, options: FlowerOptions) ->
     with log.phase("join"):
         roster.join(options.min_nodes or cfg.partition.clients, options.join_timeout)
     ref = roster.first()
-    net, gate_net = build_networks(cfg, ref.input_shape, ref.num_classes)
+    net, gate_net, specialist_net = build_networks(cfg, ref.input_shape, ref.num_classes)
     device = resolve_device(cfg.device)
-    run = run_spec(cfg, net, gate_net, ref.input_shape, ref.num_classes, device)
+    run = run_spec(
+        cfg, net, gate_net, ref.input_shape, ref.num_classes, device, None, specialist_net
+    )
     opt_in = roster.opt_in_clients()
     if not opt_in:
         raise RuntimeError("no opt-in client joined: nobody can train a federated model")

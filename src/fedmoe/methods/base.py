@@ -32,7 +32,7 @@ from fedmoe.engine import ClientData, Evaluation, TrainConfig
 from fedmoe.engine.train import ProgressFn
 from fedmoe.federation import Clients, FederationConfig, State, Update, weighted_mean
 from fedmoe.methods.params import prefixed, unprefixed
-from fedmoe.models import Network, Params
+from fedmoe.models import Model, Params
 
 #: ``progress(description, total)`` returns the callback a phase reports to.
 ProgressFactory = Callable[[str, int], ProgressFn]
@@ -50,12 +50,15 @@ def _no_progress(description: str, total: int) -> ProgressFn:
 @dataclass(frozen=True)
 class RunSpec:
     """What every method of a run sees, in the simulator and on a Flower node alike:
-    the seed, the networks (classifier and the paper's gate architecture), the data's
+    the seed, the networks (classifier, the paper's gate architecture, specialist), the data's
     shape, the shared federated and personalisation settings, and progress bars."""
 
     seed: int
-    net: Network
-    gate_net: Network
+    net: Model
+    gate_net: Model
+    #: The specialists' network: ``net`` unless the config names another
+    #: (``specialist_model``), for mixtures of experts of different kinds.
+    specialist_net: Model
     input_shape: tuple[int, ...]
     num_classes: int
     dropout: float

@@ -28,7 +28,7 @@ from fedmoe.methods.gating import (
     log_prior_ratio,
 )
 from fedmoe.methods.params import prefixed, unprefixed
-from fedmoe.models import Network, Params, build_network
+from fedmoe.models import Model, Params, build_network
 from fedmoe.summary import summarise
 
 #: The clients' log prior ratios in a gate method's state.
@@ -66,15 +66,18 @@ def check_heldout(where: str, config: GateConfig, run_config: Mapping[str, Any])
         )
 
 
-def gate_network(run: RunSpec, config: GateConfig, clusters: int = 0) -> Network:
+def gate_network(run: RunSpec, config: GateConfig, clusters: int = 0) -> Model:
     """The gate: an MLP over the global expert's features, or the paper's gate
     architecture over the input; ``1 + clusters`` outputs."""
     if config.inputs == "image":
-        shape, arch = run.input_shape, run.gate_net.name.removesuffix("-gate")
-    else:
-        shape, arch = (run.net.feature_size,), "mlp"
+        return run.gate_net.as_gate(1 + clusters)
     return build_network(
-        arch, shape, run.num_classes, gate=True, dropout=run.dropout, gate_outputs=1 + clusters
+        "mlp",
+        (run.net.feature_size,),
+        run.num_classes,
+        gate=True,
+        dropout=run.dropout,
+        gate_outputs=1 + clusters,
     )
 
 

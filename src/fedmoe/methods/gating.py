@@ -48,7 +48,7 @@ from fedmoe.engine.evaluate import Evaluation, Tally, batches, nll
 from fedmoe.engine.train import ProgressFn
 from fedmoe.methods.mixture import GATE, combine
 from fedmoe.methods.params import prefixed, unprefixed
-from fedmoe.models import Network, Params
+from fedmoe.models import Model, Params
 
 GateInputs = Literal["features", "image"]
 GateData = Literal["heldout", "train"]
@@ -133,7 +133,7 @@ class Experts:
 
 @torch.no_grad()
 def cache_experts(
-    net: Network,
+    net: Model,
     specialists: Params,
     global_params: Params,
     data: ClientData,
@@ -204,7 +204,7 @@ class GateMixture:
     (and ``prior.scale`` ``(K, 1)`` when ``prior``). The gate network has ``1 + M``
     outputs."""
 
-    gate: Network
+    gate: Model
     num_classes: int
     clusters: int = 0
 
@@ -298,8 +298,8 @@ def _client_data(fit: FittedGate, ex: Experts, lo: torch.Tensor, hi: torch.Tenso
 
 
 def fit_gate(
-    net: Network,
-    gate_net: Network,
+    net: Model,
+    gate_net: Model,
     train_experts: Experts,
     val_experts: Experts,
     ratio: torch.Tensor,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from fedmoe.engine import Dropout
 from fedmoe.methods.params import unprefixed
-from fedmoe.models import Network, Params
+from fedmoe.models import Model, Params
 
 Pool = Literal["probability", "log-linear"]
 Schedule = Literal["joint", "staged"]
@@ -32,22 +32,26 @@ SPECIALIST, GATE = "specialist", "gate"
 @dataclass(frozen=True)
 class Mixture:
     """Objective over ``specialist.*`` and ``gate.*`` parameters with a frozen global
-    expert (``global_params``: client axis of length 1, shared by all clients)."""
+    expert ``expert`` (``global_params``: client axis of length 1, shared by all
+    clients). The specialist is a ``specialist`` network (``expert``'s architecture by
+    default: experts of different kinds mix the same way)."""
 
-    expert: Network
-    gate: Network
+    expert: Model
+    gate: Model
     global_params: Params
     pool: Pool = "probability"
+    specialist: Model | None = None
 
     def parts(
         self, params: Params, x: torch.Tensor, dropout: Dropout | None
     ) -> tuple[torch.Tensor, ...]:
         """Specialist log-probs ``(K,B,C)``, global log-probs ``(K,B,C)`` (``(1,B,C)`` for
         a shared input ``x`` of shape ``(1, B, ...)``), gate logits ``(K,B)``."""
-        b = x.shape[1]
-        s_mask = None if dropout is None else dropout.mask(self.expert, b, x.dtype, slot=0)
-        g_mask = None if dropout is None else dropout.mask(self.gate, b, x.dtype, slot=1)
-        log_ps = self.expert.forward(unprefixed(params, SPECIALIST), x, s_mask)
+        b, dtype = x.shape[1], next(iter(params.values())).dtype
+        specialist = self.specialist or self.expert
+        s_mask = None if dropout is None else dropout.mask(specialist, b, dtype, slot=0)
+        g_mask = None if dropout is None else dropout.mask(self.gate, b, dtype, slot=1)
+        log_ps = specialist.forward(unprefixed(params, SPECIALIST), x, s_mask)
         logit = self.gate.forward(unprefixed(params, GATE), x, g_mask)
         with torch.no_grad():
             # One frozen model for every client: its inputs form one batch.

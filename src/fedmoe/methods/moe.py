@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -25,6 +25,8 @@ from fedmoe.methods.personal import personal_model
 
 #: What paired differences compare a mixture with: FT and Local on the clients' own
 #: data, FedAvg and FT on the global test set.
+SpecialistStart = Literal["finetune", "fresh"]
+
 MIXTURE_BASELINES: dict[str, tuple[str, ...]] = {
     "local_test": (FineTune.name, "local"),
     "global_test": (FedAvg.name, FineTune.name),
@@ -39,17 +41,31 @@ class MoeOptions:
     gate (the paper) or the gate alone; ``gate_bias``: added to the fresh gate's output
     bias, so it starts at ``g = sigmoid(gate_bias)`` (0: the paper's fresh gate);
     ``schedule``: ``joint`` (the paper's) or ``staged`` (the gate alone first with both
-    experts frozen, then jointly; each stage has the full epoch budget)."""
+    experts frozen, then jointly; each stage has the full epoch budget);
+    ``specialist``: ``finetune`` (the paper: the client's fine-tuned model) or ``fresh``
+    (a new model of ``specialist_model``, for experts of different kinds)."""
 
     lr: float = 1e-5
     pool: Pool = "probability"
     train_specialist: bool = True
     gate_bias: float = 0.0
     schedule: Schedule = "joint"
+    specialist: SpecialistStart = "finetune"
 
     def validate(self, where: str) -> None:
         if self.lr <= 0:
             raise ConfigError(f"{where}.lr must be positive, got {self.lr}")
+
+
+def check_specialist(where: str, start: str, config: Mapping[str, Any]) -> None:
+    """A specialist of another architecture cannot start from FT's models."""
+    other = config["specialist_model"] not in ("", config["model"])
+    if other and start == "finetune":
+        raise ConfigError(
+            f"{where}.specialist = 'finetune' starts the specialist from FT's models, but "
+            f"specialist_model {config['specialist_model']!r} is another architecture than "
+            f"model {config['model']!r}: set {where}.specialist = 'fresh'"
+        )
 
 
 def train_mixture(
@@ -64,9 +80,13 @@ def train_mixture(
     ``gate.*``."""
     gate_net, device = run.gate_net, clients.device
     gate = gate_net.init(run.seed, clients.ids, "moe/gate-init", run.dtype, device)
-    out_bias = f"{gate_net.denses[-1].name}.bias"
-    gate[out_bias] = gate[out_bias] + options.gate_bias
-    specialist = prefixed(personal_model(inputs[FineTune.name]), SPECIALIST)
+    gate[gate_net.output_bias] = gate[gate_net.output_bias] + options.gate_bias
+    if options.specialist == "fresh":
+        spec = run.specialist_net
+        start = spec.init(run.seed, clients.ids, "moe/specialist-init", run.dtype, device)
+    else:
+        start = personal_model(inputs[FineTune.name])
+    specialist = prefixed(start, SPECIALIST)
     trained = prefixed(gate, GATE)
     objective = mixture_of(run, options, inputs)
     cfg = run.personalise_with(options.lr)
@@ -89,7 +109,10 @@ def train_mixture(
 
 def mixture_of(run: RunSpec, options: MoeOptions, inputs: Mapping[str, Output]) -> Mixture:
     """The mixture objective over the run's frozen global model."""
-    return Mixture(run.net, run.gate_net, global_model(inputs[FedAvg.name]), options.pool)
+    specialist = run.specialist_net if options.specialist == "fresh" else run.net
+    return Mixture(
+        run.net, run.gate_net, global_model(inputs[FedAvg.name]), options.pool, specialist
+    )
 
 
 @torch.no_grad()
@@ -117,6 +140,9 @@ class Moe(Method):
     options = MoeOptions
     needs = (FedAvg.name, FineTune.name)
     baselines = MIXTURE_BASELINES
+
+    def validate(self, options: Any, config: Mapping[str, Any]) -> None:
+        check_specialist(f"method.{self.name}", options.specialist, config)
 
     def personalise(
         self,

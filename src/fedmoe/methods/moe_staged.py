@@ -11,7 +11,7 @@ from typing import Any
 from fedmoe.federation import Clients
 from fedmoe.methods.base import Output, RunSpec
 from fedmoe.methods.mixture import Pool
-from fedmoe.methods.moe import Moe, MoeOptions, train_mixture
+from fedmoe.methods.moe import Moe, MoeOptions, SpecialistStart, train_mixture
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,15 @@ class MoeStagedOptions:
     pool: Pool = "probability"
     train_specialist: bool = True
     gate_bias: float = 0.0
+    specialist: SpecialistStart = "finetune"
 
     def validate(self, where: str) -> None:
         self.as_moe().validate(where)
 
     def as_moe(self) -> MoeOptions:
-        return MoeOptions(self.lr, self.pool, self.train_specialist, self.gate_bias, "staged")
+        return MoeOptions(
+            self.lr, self.pool, self.train_specialist, self.gate_bias, "staged", self.specialist
+        )
 
 
 class MoeStaged(Moe):
@@ -36,6 +39,9 @@ class MoeStaged(Moe):
     label = "MoE (staged)"
     description = "the paper's mixture trained gate first, then jointly"
     options = MoeStagedOptions  # type: ignore[assignment]
+
+    def validate(self, options: Any, config: Mapping[str, Any]) -> None:
+        super().validate(options.as_moe(), config)
 
     def personalise(
         self,

@@ -1,4 +1,4 @@
-"""Networks as templates, parameters kept outside as dicts of tensors.
+"""The built-in networks, fused: K clients' copies in one kernel per layer.
 
 A :class:`Network` describes an architecture: the names, shapes and fan-ins of its
 parameters and a *cohort forward* that evaluates K independent copies at once. The
@@ -27,18 +27,9 @@ from torch import nn
 
 from fedmoe import rng
 from fedmoe.errors import ConfigError
+from fedmoe.models.base import Params, ParamSpec
 
-Params = dict[str, torch.Tensor]
 Output = Literal["log_softmax", "logit"]
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One parameter: its name, its shape for a single client, and its fan-in."""
-
-    name: str
-    shape: tuple[int, ...]
-    fan_in: int
 
 
 @dataclass(frozen=True)
@@ -197,6 +188,19 @@ class Network:
         keep = 1.0 - self.dropout
         u = rng.uniform(keys, counter, (batch, self.dropout_features), dtype)
         return (u < keep).to(dtype) / keep
+
+    def as_gate(self, outputs: int) -> Network:
+        """The same trunk with ``outputs`` gate logits (what :func:`build_network` makes
+        with ``gate=True``)."""
+        last = self.denses[-1]
+        denses = (*self.denses[:-1], _Dense(last.name, last.in_features, outputs))
+        name = self.name if self.name.endswith("-gate") else f"{self.name}-gate"
+        return Network(name, self.input_shape, self.convs, denses, "logit", self.dropout)
+
+    @property
+    def output_bias(self) -> str:
+        """The name of the last layer's bias (a gate's starting offset goes there)."""
+        return f"{self.denses[-1].name}.bias"
 
     def module(self) -> nn.Module:
         """An ordinary single-model ``nn.Module`` with the same parameter names and maths."""
