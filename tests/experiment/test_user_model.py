@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from fedmoe.cli import main
@@ -39,6 +40,31 @@ def make_model(input_shape, num_outputs):
     return Small(math.prod(input_shape), num_outputs)
 '''
 
+
+def _hospitals(root: Path) -> str:
+    """Four clients' files (clients/<id>.npz), each with its own label mix."""
+    gen = np.random.default_rng(0)
+    centres = gen.normal(size=(3, 12))
+    (root / "clients").mkdir(parents=True)
+    for name in ("north", "south", "east", "west"):
+        mix = gen.dirichlet([0.5, 0.5, 0.5])
+        arrays = {}
+        for split, n in (("train", 40), ("test", 20)):
+            y = gen.choice(3, size=n, p=mix)
+            arrays[f"x_{split}"] = (centres[y] + gen.normal(size=(n, 12))).astype(np.float32)
+            arrays[f"y_{split}"] = y
+        np.savez(root / "clients" / f"{name}.npz", **arrays)
+    return f"clients:{root}"
+
+
+def natural(tmp_path: Path) -> dict[str, Any]:
+    """SMALL on naturally partitioned data: the clients are the files'."""
+    return SMALL | {
+        "dataset": _hospitals(tmp_path / "hospitals"),
+        "partition": {"scheme": "natural", "clients": 4, "opt_out": 0.25},
+    }
+
+
 SMALL: dict[str, Any] = {
     "model": "fedmoe_user_models:make_model",
     "dtype": "float64",
@@ -58,19 +84,24 @@ def user_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "fedmoe_user_models", raising=False)
 
 
-def test_a_user_module_runs_every_paper_method_through_fedmoe_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("data", ["fashion-mnist", "natural"])
+def test_a_user_module_runs_every_paper_method_through_fedmoe_run(
+    tmp_path: Path, data: str
+) -> None:
     cfg_file = tmp_path / "user.toml"
-    cfg_file.write_text(config.dumps_toml(SMALL))
+    cfg_file.write_text(config.dumps_toml(SMALL if data == "fashion-mnist" else natural(tmp_path)))
     main(["run", "--config", str(cfg_file), "--out", str(tmp_path / "out"), "--quiet"])
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert list(res["methods"]) == ["fedavg", "local", "finetune", "moe"]
     assert res["dataset"]["model"] == "fedmoe_user_models:make_model"
-    assert res["dataset"]["model_params"] == 784 * 32 + 32 + 32 * 10 + 10
+    inputs, classes = (784, 10) if data == "fashion-mnist" else (12, 3)
+    assert res["dataset"]["model_params"] == inputs * 32 + 32 + 32 * classes + classes
     for entry in res["methods"].values():
         assert 0.0 <= entry["local_test"]["mean"] <= 1.0
 
 
-def test_a_user_module_on_the_flower_app_equals_the_simulator() -> None:
+@pytest.mark.parametrize("data", ["fashion-mnist", "natural"])
+def test_a_user_module_on_the_flower_app_equals_the_simulator(tmp_path: Path, data: str) -> None:
     pytest.importorskip("flwr")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flower"))
     from fakegrid import FakeGrid
@@ -81,7 +112,7 @@ def test_a_user_module_on_the_flower_app_equals_the_simulator() -> None:
     options = FlowerOptions(
         round_timeout=1.0, personalise_timeout=1.0, join_timeout=1.0, poll_interval=0.01
     )
-    cfg = config.from_dict(SMALL)
+    cfg = config.from_dict(SMALL if data == "fashion-mnist" else natural(tmp_path))
     grid = FakeGrid(run_config(cfg, options))
     try:
         for i in range(cfg.partition.clients):
