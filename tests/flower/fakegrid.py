@@ -3,11 +3,14 @@
 Lets the ServerApp's logic (sampling, validation of updates, timeouts, opt-out,
 rejoining) be tested without Flower's processes. Each message's content is serialised
 and parsed again on the way (as Flower does on the wire) so what a node receives is
-a copy, never the server's objects.
+a copy, never the server's objects. A node computes its reply when the message is
+pushed; ``FakeNode.delays`` holds back its replies of a message type for that many
+seconds (a slow node).
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -54,6 +57,8 @@ class FakeNode:
     behaviour: Behaviour = honest
     online: bool = True
     received: list[str] = field(default_factory=list)
+    #: Message type -> seconds after the push before the reply can be pulled.
+    delays: dict[str, float] = field(default_factory=dict)
 
 
 class FakeGrid(Grid):
@@ -64,7 +69,8 @@ class FakeGrid(Grid):
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
         self.run_config = run_config
         self.nodes: dict[int, FakeNode] = {}
-        self.replies: dict[str, Message] = {}
+        #: Message id -> (the reply, when it can be pulled).
+        self.replies: dict[str, tuple[Message, float]] = {}
         self._next = 1000
 
     def add_node(self, node_config: dict[str, Any], behaviour: Behaviour = honest) -> FakeNode:
@@ -82,7 +88,8 @@ class FakeGrid(Grid):
 
     def close(self) -> None:
         """Forget the process-wide task identity set by ``__init__``."""
-        TaskIdentity._run_id = TaskIdentity._node_id = TaskIdentity._task_id = None
+        unset: Any = None
+        TaskIdentity._run_id = TaskIdentity._node_id = TaskIdentity._task_id = unset
 
     # Grid API ---------------------------------------------------------------
     def set_run(self, run: Any) -> None:
@@ -127,11 +134,14 @@ class FakeGrid(Grid):
             if reply is not None:
                 if reply.has_content():
                     reply = Message(copy_content(reply.content), reply_to=delivered)
-                self.replies[mid] = reply
+                due = time.monotonic() + node.delays.get(msg.metadata.message_type, 0.0)
+                self.replies[mid] = (reply, due)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self.replies.pop(m) for m in list(message_ids) if m in self.replies]
+        now = time.monotonic()
+        ready = [m for m in message_ids if m in self.replies and self.replies[m][1] <= now]
+        return [self.replies.pop(m)[0] for m in ready]
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

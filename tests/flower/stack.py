@@ -329,7 +329,8 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, procs: li
 
 
 def watch(proc: Proc, needle: str, timeout: float, procs: list[Proc]) -> None:
-    """Wait until ``needle`` appears in ``proc``'s log."""
+    """Wait until ``needle`` appears in ``proc``'s log; fail at once (with the logs) if
+    ``proc`` ends without writing it."""
 
     def seen() -> bool:
         try:
@@ -337,4 +338,8 @@ def watch(proc: Proc, needle: str, timeout: float, procs: list[Proc]) -> None:
         except OSError:
             return False
 
-    wait_for(seen, timeout, f"{needle!r} in {proc.name}'s output", procs)
+    what = f"{needle!r} in {proc.name}'s output"
+    wait_for(lambda: seen() or proc.popen.poll() is not None, timeout, what, procs)
+    if not seen():
+        logs = "\n\n".join(f"--- {p.name} ---\n{p.tail()}" for p in procs)
+        raise AssertionError(f"{proc.name} ended without writing {needle!r}\n{logs}")

@@ -22,22 +22,37 @@ from fedmoe.flower.config import (
     run_config_args,
     split_run_config,
 )
+from fedmoe.methods import registry
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
-def app_defaults() -> dict[str, object]:
+#: A flat run config, as Flower holds it.
+Flat = dict[str, bool | int | float | str]
+
+
+def app_defaults() -> Flat:
     data = tomllib.loads(PYPROJECT.read_text())
     return flatten_dict(data["tool"]["flwr"]["app"]["config"])
 
 
+#: Every built-in method that runs on Flower nodes, in an order the registry accepts.
+NODE_METHODS = ("fedavg", "local", "finetune", "moe", "moe-staged", "moe-plus", "ifca", "moe-ifca")
+
+
 def test_pyproject_lists_every_key_with_the_quick_preset_as_defaults() -> None:
-    # Flower drops --run-config keys that are not in the defaults, so all must be there.
+    # Flower drops --run-config keys that are not in the defaults, so all must be there:
+    # the keys of a run listing every method that runs on nodes.
     flat = app_defaults()
     cfg, options = split_run_config(flat)
     assert cfg == config.from_dict(preset("quick"))
     assert options == FlowerOptions()
-    assert set(flat) == set(run_config(cfg, options))
+    every = config.from_dict(preset("quick") | {"methods": list(NODE_METHODS)})
+    assert set(flat) == set(run_config(every, options))
+    assert not any(k.startswith("method.centralised.") for k in flat)
+    # NODE_METHODS are exactly the registered methods nodes can run.
+    refused = {n for n in registry.names() if registry.get(n).node_support(None) is not None}
+    assert set(registry.names()) - refused == set(NODE_METHODS) and refused == {"centralised"}
 
 
 def test_pyproject_declares_the_apps() -> None:
@@ -52,8 +67,10 @@ def test_run_config_round_trips_through_flwr_run_overrides() -> None:
     cfg = config.from_dict(
         {
             "data_dir": 'C:\\my data "x"',
+            "methods": ["fedavg", "local", "finetune", "moe", "moe-plus", "ifca", "moe-ifca"],
             "partition": {"clients": 7, "p": 0.5},
-            "fedavg": {"lr": 0.01},
+            "federated": {"lr": 0.01},
+            "method": {"moe-plus": {"ablation": True, "prior": False}, "ifca": {"models": 2}},
         }
     )
     options = FlowerOptions(out="/tmp/it's here", round_timeout=12.5, min_nodes=3)
@@ -63,28 +80,66 @@ def test_run_config_round_trips_through_flwr_run_overrides() -> None:
         run_config_args({"out": "'\""})
 
 
+def test_the_run_config_selects_methods_and_their_options() -> None:
+    flat = app_defaults()
+    cfg, _ = split_run_config(
+        flat
+        | {
+            "methods": "fedavg, local,finetune,moe,moe-staged,moe-plus",
+            "method.moe-plus.ablation": True,
+            "method.moe-staged.lr": 0.01,
+        }
+    )
+    assert cfg.methods == ("fedavg", "local", "finetune", "moe", "moe-staged", "moe-plus")
+    assert cfg.options("moe-plus").ablation and cfg.options("moe-staged").lr == 0.01
+    # The sections pyproject.toml lists for methods the run does not list are dropped.
+    assert cfg.options("ifca") is None and cfg.options("moe-ifca") is None
+
+
+def _one_line_error(flat: Flat, match: str) -> str:
+    with pytest.raises(ConfigError, match=match) as info:
+        split_run_config(flat)
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
 def test_bad_run_config_values_give_one_line_errors() -> None:
     flat = app_defaults()
-    with pytest.raises(ConfigError, match=r"unknown key 'partition\.client'"):
-        split_run_config(flat | {"partition.client": 3})
-    with pytest.raises(ConfigError, match=r"partition\.clients must be of type int"):
-        split_run_config(flat | {"partition.clients": "ten"})
-    with pytest.raises(ConfigError, match=r"unknown key flower\.'timeout'"):
-        split_run_config(flat | {"flower.timeout": 3.0})
-    with pytest.raises(ConfigError, match=r"flower\.round-timeout must be positive"):
-        split_run_config(flat | {"flower.round-timeout": 0})
-    with pytest.raises(ConfigError, match=r"flower\.min-nodes must be of type int"):
-        split_run_config(flat | {"flower.min-nodes": 2.5})
-    with pytest.raises(ConfigError, match=r"moe_staged\.enabled: the Flower app runs"):
-        split_run_config(flat | {"moe_staged.enabled": True})
-    with pytest.raises(ConfigError, match=r"moe_plus\.ablation: the Flower app fits MoE\+"):
-        split_run_config(flat | {"moe_plus.enabled": True, "moe_plus.ablation": True})
-    cfg, _ = split_run_config(flat | {"moe_plus.enabled": True})
-    assert cfg.moe_plus.enabled
-    with pytest.raises(ConfigError, match=r"centralised\.enabled: the Flower app runs"):
-        split_run_config(flat | {"centralised.enabled": True})
-    cfg, _ = split_run_config(flat | {"clustered.enabled": True})
-    assert cfg.clustered.enabled
+    _one_line_error(flat | {"partition.client": 3}, r"unknown key 'partition\.client'")
+    _one_line_error(flat | {"partition.clients": "ten"}, r"partition\.clients must be of type int")
+    _one_line_error(flat | {"flower.timeout": 3.0}, r"unknown key flower\.'timeout'")
+    _one_line_error(flat | {"flower.round-timeout": 0}, r"flower\.round-timeout must be positive")
+    _one_line_error(flat | {"flower.min-nodes": 2.5}, r"flower\.min-nodes must be of type int")
+    _one_line_error(flat | {"methods": "fedavg,moe"}, r"method 'moe' needs 'finetune'")
+    _one_line_error(flat | {"methods": "fedavg,fedmoe"}, r"unknown method 'fedmoe'")
+    _one_line_error(flat | {"method.ifca.models": 1, "methods": "ifca"}, r"method\.ifca\.models")
+
+
+def test_a_run_listing_centralised_is_refused_with_one_line() -> None:
+    flat = app_defaults() | {"methods": "fedavg,local,finetune,moe,centralised"}
+    message = _one_line_error(flat, r"method 'centralised' cannot run on Flower nodes")
+    assert "fedmoe run" in message
+    # Also when it is the only method, and with options of its own on the command line.
+    _one_line_error(
+        flat | {"methods": "centralised", "method.centralised.epochs": 3},
+        r"method 'centralised' cannot run on Flower nodes",
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("fedavg.lr", 0.01, r"\[fedavg\] is from an older fedmoe config: .*\[federated\]"),
+        ("personalise.moe_lr", 0.01, r"personalise\.moe_lr is from an older .*method\.moe\.lr"),
+        ("moe_plus.enabled", True, r"\[moe_plus\] is from an older .*\"moe-plus\" in methods"),
+        ("moe_staged.enabled", True, r"\[moe_staged\] is from an older .*\"moe-staged\""),
+        ("clustered.enabled", True, r"\[clustered\] is from an older .*\"ifca\""),
+        ("centralised.enabled", True, r"\[centralised\] is from an older .*\"centralised\""),
+    ],
+)
+def test_format_one_keys_give_one_line_errors(key: str, value: bool | float, message: str) -> None:
+    _one_line_error(app_defaults() | {key: value}, message)
 
 
 def test_node_config() -> None:

@@ -1,10 +1,12 @@
 """Flower's Simulation Engine (Ray backend) for real, against the embedded simulator.
 
-A SuperLink in simulation mode runs the app with 10 simulated SuperNodes for 2 rounds
-of FedAvg and 2 of IFCA with 2 cluster models, with MoE+ and `moe-ifca`
+A SuperLink in simulation mode runs the app with 10 simulated SuperNodes and every
+method that runs on nodes: 2 rounds of FedAvg and 2 of IFCA with 2 cluster models, then
+Local, FT, MoE, staged MoE, MoE+ with its ablation and `moe-ifca`
 (`flwr run <repo> ... --federation-config num-supernodes=10`); the same config runs in
 this process with `run_experiment`. The partition must be identical (each node reports
-a SHA-256 of its train/val/test rows) and so must the FedAvg schedule and the epochs.
+a SHA-256 of its train/val/test rows) and so must each federated method's schedule, the
+epochs and IFCA's choices.
 
 Tolerance on accuracies: 0.05 on a client's local-test accuracy (1 of its 20 examples)
 and 0.002 on its global-test accuracy (20 of 10,000 examples); validation losses to a
@@ -38,24 +40,26 @@ from stack import Stack, wait_for
 
 from fedmoe.data import load_dataset, make_partition
 from fedmoe.experiment import config
-from fedmoe.experiment.protocol import METHODS, partition_spec, run_experiment
+from fedmoe.experiment.prepare import partition_spec
+from fedmoe.experiment.run import run_experiment
 from fedmoe.flower.config import FlowerOptions, run_config, run_config_args
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
 
 CLIENTS = 10
+METHODS = ["fedavg", "local", "finetune", "moe", "moe-staged", "moe-plus", "ifca", "moe-ifca"]
 CONFIG: dict[str, Any] = {
+    "methods": METHODS,
     "partition": {"clients": CLIENTS, "train": 20, "val": 20, "test": 20, "opt_out": 0.2},
-    "fedavg": {"rounds": 2, "clients_per_round": 4, "local_epochs": 2, "lr": 1e-3},
-    "personalise": {
-        "epochs": 4,
-        "lr": 1e-3,
-        "moe_lr": 1e-3,
-        "stopping": {"check_every": 2, "patience": 1},
+    "federated": {"rounds": 2, "clients_per_round": 4, "local_epochs": 2, "lr": 1e-3},
+    "personalise": {"epochs": 4, "lr": 1e-3, "stopping": {"check_every": 2, "patience": 1}},
+    "method": {
+        "moe": {"lr": 1e-3},
+        "moe-staged": {"lr": 1e-3},
+        "moe-plus": {"ablation": True},
+        "ifca": {"models": 2},
     },
-    "moe_plus": {"enabled": True},
-    "clustered": {"enabled": True, "models": 2},
 }
 LOCAL_TOL, GLOBAL_TOL, LOSS_RTOL = 0.05, 0.002, 1e-4
 
@@ -101,23 +105,42 @@ def test_simulation_matches_embedded_run(tmp_path: Path, one_thread: None) -> No
     assert flower["partition"]["majority"] == embedded["partition"]["majority"]
     assert flower["partition"]["params"] == embedded["partition"]["params"]
 
-    # Same schedule, same stopping decisions.
-    f_hist, e_hist = flower["fedavg"]["history"], embedded["fedavg"]["history"]
-    assert [h["clients"] for h in f_hist] == [h["clients"] for h in e_hist]
-    for f, e in zip(f_hist, e_hist, strict=True):
-        assert (f["val_loss"] is None) == (e["val_loss"] is None)
-        if e["val_loss"] is not None:
-            assert math.isclose(f["val_loss"], e["val_loss"], rel_tol=LOSS_RTOL)
-    assert flower["fedavg"]["best_round"] == embedded["fedavg"]["best_round"]
-    assert flower["epochs"] == embedded["epochs"]
+    # Same schedules, same stopping decisions, for each federated method.
+    assert list(flower["methods"]) == list(embedded["methods"]) == METHODS
+    f_methods, e_methods = flower["methods"], embedded["methods"]
+    for name in ("fedavg", "ifca"):
+        f_fed, e_fed = f_methods[name]["federation"], e_methods[name]["federation"]
+        f_hist, e_hist = f_fed["history"], e_fed["history"]
+        assert [h["clients"] for h in f_hist] == [h["clients"] for h in e_hist]
+        assert [h.get("clusters") for h in f_hist] == [h.get("clusters") for h in e_hist]
+        for f, e in zip(f_hist, e_hist, strict=True):
+            assert (f["val_loss"] is None) == (e["val_loss"] is None)
+            if e["val_loss"] is not None:
+                assert math.isclose(f["val_loss"], e["val_loss"], rel_tol=LOSS_RTOL)
+        assert (f_fed["best_round"], f_fed["rounds_run"]) == (
+            e_fed["best_round"],
+            e_fed["rounds_run"],
+        )
+        rows = flower["flower"]["rounds"][name]
+        assert [r["aggregated"] for r in rows] == [h["clients"] for h in e_hist]
+    for name in METHODS:
+        assert f_methods[name]["epochs"] == e_methods[name]["epochs"], name
+    assert f_methods["ifca"]["details"] == e_methods["ifca"]["details"]
+    assert list(f_methods["moe-plus"]["variants"]) == list(e_methods["moe-plus"]["variants"])
 
-    # Accuracies within the tolerance stated above.
-    assert set(flower["methods"]) == {*METHODS, "moe-plus", "ifca", "moe-ifca"}
-    assert flower["clustered"] == embedded["clustered"]
-    for name in flower["methods"]:
-        for split, tol in (("local_test", LOCAL_TOL), ("global_test", GLOBAL_TOL)):
-            f_acc = flower["methods"][name][split]["per_client"]
-            e_acc = embedded["methods"][name][split]["per_client"]
-            worst = max(abs(a - b) for a, b in zip(f_acc, e_acc, strict=True))
-            assert worst <= tol, (name, split, f_acc, e_acc)
+    # Accuracies within the tolerance stated above, moe-plus's variants' too.
+    compared = []
+    for name in METHODS:
+        pairs = [(name, f_methods[name], e_methods[name])]
+        for label, variant in f_methods[name].get("variants", {}).items():
+            pairs.append((f"{name} ({label})", variant, e_methods[name]["variants"][label]))
+        for what, f_entry, e_entry in pairs:
+            for split, tol in (("local_test", LOCAL_TOL), ("global_test", GLOBAL_TOL)):
+                f_acc = f_entry[split]["per_client"]
+                e_acc = e_entry[split]["per_client"]
+                worst = max(abs(a - b) for a, b in zip(f_acc, e_acc, strict=True))
+                assert worst <= tol, (what, split, f_acc, e_acc)
+            compared.append(what)
+    assert len(compared) > len(METHODS)
+    assert flower["flower"]["lost_clients"] == [] and flower["flower"]["rejected"] == []
     assert set(flower["flower"]["client_threads"].values()) == {1}

@@ -35,10 +35,13 @@ class FlowerOptions:
 
     ``out``: directory for results.json / results.md / config.toml (a relative path is
     resolved against the ServerApp process's working directory: pass an absolute one).
-    ``round_timeout``: seconds a FedAvg round (training, then validation) waits for
-    replies. ``personalise_timeout``: seconds per listed method that the personalisation
-    step and its evaluation each wait for every node (so the wait grows with the work).
-    ``join_timeout``: seconds to wait at the start for ``min_nodes`` clients (0:
+    ``round_timeout``: seconds a round of any federated method (training, then
+    validation) waits for replies. ``personalise_timeout``: seconds per listed method
+    that the personalisation step and its evaluation each wait for every node (so the
+    wait grows with the work).
+    ``rejoin_timeout``: seconds the personalisation waits for a client whose node died
+    to come back as a new node. ``join_timeout``: seconds to wait at the start for
+    ``min_nodes`` clients (0:
     ``partition.clients``) to connect and say who they are.
     ``poll_interval``: seconds between polls for replies.
     """
@@ -47,11 +50,13 @@ class FlowerOptions:
     round_timeout: float = 600.0
     personalise_timeout: float = 3600.0
     join_timeout: float = 300.0
+    rejoin_timeout: float = 60.0
     min_nodes: int = 0
     poll_interval: float = 0.5
 
     def validate(self) -> FlowerOptions:
-        for name in ("round_timeout", "personalise_timeout", "join_timeout", "poll_interval"):
+        timeouts = ("round_timeout", "personalise_timeout", "join_timeout", "rejoin_timeout")
+        for name in (*timeouts, "poll_interval"):
             value = getattr(self, name)
             if not value > 0:
                 raise ConfigError(f"flower.{_key(name)} must be positive, got {value}")

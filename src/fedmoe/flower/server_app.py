@@ -128,7 +128,7 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, options: FlowerOptions) ->
             clients,
             lambda c: (PERSONALISE, RecordDict(content)),
             options.personalise_timeout * len(cfg.methods),
-            options.round_timeout,
+            options.rejoin_timeout,
         )
     with log.phase("evaluate"):
         # A node keeps its personalised models in its own state: only the node that
@@ -140,7 +140,7 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, options: FlowerOptions) ->
             personalised,
             lambda c: (EVALUATE, RecordDict()),
             options.personalise_timeout * len(cfg.methods),
-            options.round_timeout,
+            options.rejoin_timeout,
             retry=False,
         )
     evaluated = {c: (personalised[c], evaluated_replies[c]) for c in sorted(evaluated_replies)}
