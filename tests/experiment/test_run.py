@@ -77,11 +77,9 @@ def _recorded(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _same_machine(recorded: dict[str, Any]) -> bool:
-    """Float results are reproducible bit for bit only with the same kernels."""
-    return bool(
-        recorded["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-        and recorded["threads"] == torch.get_num_threads()
-    )
+    """Float results are reproducible bit for bit only with the same kernels. (The
+    thread count does not matter here: recordings with 1 and 2 threads were identical.)"""
+    return bool(recorded["cpu_capability"] == torch.backends.cpu.get_cpu_capability())
 
 
 def _compare(new: dict[str, Any], old: dict[str, Any], exact: bool) -> None:
