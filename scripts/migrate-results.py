@@ -151,6 +151,8 @@ def migrate_config(cfg: dict[str, Any]) -> dict[str, Any]:
             moe[new] = personalise[old]
             if shared:
                 staged[new] = personalise[old]
+    # Format 1 always started the specialist from FT's model.
+    moe["specialist"] = staged["specialist"] = "finetune"
     sections: dict[str, dict[str, Any]] = {
         "moe": moe,
         "moe-staged": staged,

@@ -151,9 +151,9 @@ def test_the_config_becomes_format_two(migrate: Any) -> None:
     plus = {k: v for k, v in old["moe_plus"].items() if k != "enabled"}
     assert cfg["method"] == {
         "moe": {"lr": 0.001, "pool": "probability", "train_specialist": True, "gate_bias": 0.0,
-                "schedule": "joint"},
+                "schedule": "joint", "specialist": "finetune"},
         "moe-staged": {"lr": 0.001, "pool": "probability", "train_specialist": True,
-                       "gate_bias": 0.0},
+                       "gate_bias": 0.0, "specialist": "finetune"},
         "moe-plus": plus,
         "ifca": {"models": 2},
         "moe-ifca": {k: v for k, v in plus.items() if k != "ablation"},
