@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +65,25 @@ class ArrayDataset:
     class_names: tuple[str, ...] = field(default=())
     vocabulary: tuple[str, ...] = field(default=())
     clients: ClientRows | None = field(default=None, compare=False)
+
+    def summary(self) -> dict[str, Any]:
+        """Shapes, dtype, classes and per-class counts, as ``fedmoe data info`` shows
+        them."""
+        return {
+            "shapes": {
+                "x_train": list(self.x_train.shape),
+                "y_train": list(self.y_train.shape),
+                "x_test": list(self.x_test.shape),
+                "y_test": list(self.y_test.shape),
+            },
+            "dtype": str(self.x_train.dtype),
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "class_counts": {
+                "train": np.bincount(self.y_train, minlength=self.num_classes).tolist(),
+                "test": np.bincount(self.y_test, minlength=self.num_classes).tolist(),
+            },
+        }
 
     @property
     def input_shape(self) -> tuple[int, ...]:

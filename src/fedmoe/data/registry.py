@@ -281,19 +281,7 @@ def dataset_info(
             }
             for role, path in loaded.files.items()
         ],
-        "shapes": {
-            "x_train": list(ds.x_train.shape),
-            "y_train": list(ds.y_train.shape),
-            "x_test": list(ds.x_test.shape),
-            "y_test": list(ds.y_test.shape),
-        },
-        "dtype": str(ds.x_train.dtype),
-        "num_classes": ds.num_classes,
-        "class_names": list(ds.class_names),
-        "class_counts": {
-            "train": np.bincount(ds.y_train, minlength=ds.num_classes).tolist(),
-            "test": np.bincount(ds.y_test, minlength=ds.num_classes).tolist(),
-        },
+        **ds.summary(),
         "checksum": overall_checksum(spec, loaded.checksums),
         "url": spec.url_base,
     }
