@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from fedmoe.engine import (
     Classifier,
     ClientData,
     EarlyStopping,
+    Evaluation,
     OptimizerConfig,
     TrainConfig,
     evaluate,
@@ -27,11 +29,12 @@ from fedmoe.federation import (
     Clients,
     FederationConfig,
     FederationServer,
+    State,
     Update,
     weighted_mean,
 )
 from fedmoe.methods import Method, Output, RunSpec, registry
-from fedmoe.methods.base import federated_output, global_model
+from fedmoe.methods.base import Federated, federated_output, global_model
 from fedmoe.methods.fedavg import FedAvg
 from fedmoe.methods.finetune import FineTune
 from fedmoe.methods.local import Local
@@ -241,15 +244,73 @@ def test_federated_phase_is_deterministic_and_resumes_exactly() -> None:
     whole, _ = federate(run, hooks, None, clients, "rounds")
     saved: list[dict[str, Any]] = []
 
-    def keep(server: FederationServer, state: dict[str, torch.Tensor]) -> None:
+    def keep(server: FederationServer, progress: dict[str, Any]) -> None:
         if server.next_round == 1:
-            saved.append({"server": server.state_dict(), "clients": state})
+            saved.append(progress)
 
     federate(run, hooks, None, clients, "rounds", None, keep)
     resumed, _ = federate(run, hooks, None, clients, "rounds", saved[0])
     assert resumed.summary() == whole.summary()
     for name, p in whole.best_params.items():
         assert torch.equal(resumed.best_params[name], p)
+
+
+class _Counting(Federated):
+    """A server number that grows by one per round, validated best at 2, and clients
+    counting the rounds they trained."""
+
+    def init(self, run: RunSpec, options: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        return {"w": torch.zeros(1, 1, dtype=torch.float64)}
+
+    def init_client_state(self, run: RunSpec, options: Any, clients: Clients) -> State:
+        return {"count": torch.zeros(len(clients.ids))}
+
+    def client_update(
+        self,
+        run: RunSpec,
+        options: Any,
+        server: dict[str, torch.Tensor],
+        clients: Clients,
+        round_: int,
+        state: State,
+    ) -> Update:
+        k = len(clients.ids)
+        return Update({"w": server["w"].expand(k, 1) + 1}, state={"count": state["count"] + 1})
+
+    def validate(
+        self,
+        run: RunSpec,
+        options: Any,
+        server: dict[str, torch.Tensor],
+        val: ClientData,
+        state: State,
+    ) -> Evaluation:
+        assert state["count"].shape == (val.num_clients,)
+        loss = ((server["w"][0] - 2.0) ** 2).expand(val.num_clients)
+        return Evaluation(loss, torch.zeros(val.num_clients), val.n)
+
+
+def test_the_best_round_keeps_the_clients_state_of_that_round_and_resumes_it() -> None:
+    train, val, ids = _toy()
+    run = replace(
+        _toy_run(), federation=replace(_toy_run().federation, rounds=4, clients_per_round=4)
+    )
+    clients = Clients(ids, train, val, torch.tensor([False, True, False, False]))
+    server, best = federate(run, _Counting(), None, clients, "rounds")
+    assert server.best_round == 1 and len(server.history) == 4
+    # The state of round 1 (each opt-in client trained twice), not of the last round.
+    assert best["count"].tolist() == [2.0, 0.0, 2.0, 2.0]
+    saved: list[dict[str, Any]] = []
+
+    def keep(server: FederationServer, progress: dict[str, Any]) -> None:
+        if server.next_round == 3:
+            saved.append({k: copy.deepcopy(v) for k, v in progress.items()})
+
+    federate(run, _Counting(), None, clients, "rounds", None, keep)
+    assert saved[0]["clients"]["count"].tolist() == [3.0, 0.0, 3.0, 3.0]
+    resumed, resumed_best = federate(run, _Counting(), None, clients, "rounds", saved[0])
+    assert resumed.summary() == server.summary()
+    assert torch.equal(resumed_best["count"], best["count"])
 
 
 def test_global_expert_is_frozen_and_in_eval_mode() -> None:

@@ -2,11 +2,21 @@
 
 from fedmoe.engine.cohort import ClientData
 from fedmoe.engine.evaluate import Evaluation, evaluate
-from fedmoe.engine.objective import Classifier, ClientLoss, Dropout, Objective, mean_nll
+from fedmoe.engine.objective import (
+    AfterStep,
+    Classifier,
+    ClientLoss,
+    Dropout,
+    Objective,
+    OwnStep,
+    client_losses,
+    mean_nll,
+)
 from fedmoe.engine.optim import OptimizerConfig
 from fedmoe.engine.train import EarlyStopping, TrainConfig, TrainResult, batch_order, train
 
 __all__ = [
+    "AfterStep",
     "Classifier",
     "ClientData",
     "ClientLoss",
@@ -15,9 +25,11 @@ __all__ = [
     "Evaluation",
     "Objective",
     "OptimizerConfig",
+    "OwnStep",
     "TrainConfig",
     "TrainResult",
     "batch_order",
+    "client_losses",
     "evaluate",
     "mean_nll",
     "train",

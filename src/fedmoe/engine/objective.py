@@ -5,7 +5,9 @@ client's mean negative log-likelihood of the labels under those log-probabilitie
 when the objective defines ``client_loss`` (:class:`ClientLoss`), with that per-client
 loss (a proximal term, a two-model loss, a regulariser). Validation (early stopping)
 always scores the log-probabilities' NLL. Frozen parameters (a global expert, say) live
-inside the objective, not in the trained dict.
+inside the objective, not in the trained dict. An objective may also mend its
+parameters after each step (:class:`AfterStep`, a projection) or take each step itself
+(:class:`OwnStep`, inner iterations per batch).
 """
 
 from __future__ import annotations
@@ -65,6 +67,40 @@ class ClientLoss(Protocol):
         ``y`` and real-example mask ``valid`` ``(K, B)``. Client k's loss may depend only
         on client k's rows of ``params`` (the engine sums them to get every client's own
         gradient)."""
+        ...
+
+
+@runtime_checkable
+class AfterStep(Protocol):
+    """An objective whose trained parameters must be mended after each optimiser step
+    (a projection onto a constraint set, say)."""
+
+    def after_step(self, params: Params, active: torch.Tensor) -> None:
+        """Change ``params`` (the live trained parameters, stacked) in place, under
+        ``torch.no_grad``; ``active`` (bool ``(K,)``) says which clients just stepped
+        (the others must stay untouched)."""
+        ...
+
+
+@runtime_checkable
+class OwnStep(Protocol):
+    """An objective that takes its own training step instead of the engine's
+    gradient and optimiser step (an algorithm with inner iterations per batch, say).
+    The engine still draws batches, masks padded clients, validates and stops early."""
+
+    def own_step(
+        self,
+        params: Params,
+        fixed: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        valid: torch.Tensor,
+        dropout: Dropout | None,
+    ) -> None:
+        """Update ``params`` (the live trained parameters, stacked) in place for one
+        batch; ``fixed``: the per-client parameters that are read but not trained.
+        Clients with no valid example in the batch (``valid.any(1)`` false) must stay
+        untouched."""
         ...
 
 

@@ -24,7 +24,7 @@ import torch
 from fedmoe import rng
 from fedmoe.engine.cohort import ClientData
 from fedmoe.engine.evaluate import EVAL_EXAMPLES, evaluate
-from fedmoe.engine.objective import Dropout, Objective, client_losses
+from fedmoe.engine.objective import AfterStep, Dropout, Objective, OwnStep, client_losses
 from fedmoe.engine.optim import BatchedOptimizer, OptimizerConfig, make_optimizer
 from fedmoe.models import Params
 
@@ -217,7 +217,12 @@ def _run_epoch(
         x, y, valid = data.batch(order[:, step * batch_size : (step + 1) * batch_size])
         count = valid.sum(1)
         dropout = Dropout(dropout_keys, epoch * STEPS_PER_EPOCH_LIMIT + step)
+        if isinstance(objective, OwnStep):
+            objective.own_step(live, fixed, x, y, valid, dropout)
+            continue
         per_client = client_losses(objective, live | fixed, x, y, valid, dropout)
         grads = torch.autograd.grad(per_client.sum(), tensors)
         with torch.no_grad():
             optimizer.step(live, dict(zip(live, grads, strict=True)), count > 0)
+            if isinstance(objective, AfterStep):
+                objective.after_step(live, count > 0)

@@ -26,7 +26,7 @@ from fedmoe.experiment.config import ExperimentConfig, to_dict
 from fedmoe.experiment.entries import SPLITS, Scores, method_entry
 from fedmoe.experiment.federate import federate
 from fedmoe.experiment.prepare import Prepared, prepare, run_spec
-from fedmoe.federation import Clients, FederationServer, RoundRecord, State
+from fedmoe.federation import Clients, FederationServer, RoundRecord
 from fedmoe.methods import registry
 from fedmoe.methods.base import Method, Output, ProgressFactory, RunSpec, federated_output
 from fedmoe.summary import majority_mask
@@ -59,11 +59,11 @@ def _federated(
     if done is not None:
         return Output.from_dict(done)
 
-    def checkpoint(server: FederationServer, state: State) -> None:
+    def checkpoint(server: FederationServer, progress: dict[str, Any]) -> None:
         if on_round is not None:
             on_round(server.history[-1])
         if server.finished or server.next_round % every == 0:
-            store.save(f"{name}-progress", {"server": server.state_dict(), "clients": state})
+            store.save(f"{name}-progress", progress)
 
     server, state = federate(
         run,

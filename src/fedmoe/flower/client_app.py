@@ -43,6 +43,8 @@ from fedmoe.errors import FedmoeError
 from fedmoe.federation import State
 from fedmoe.flower.config import node_options, split_run_config
 from fedmoe.flower.messages import (
+    BEST_ROUND,
+    BEST_ROUNDS,
     DECLINED,
     FEDERATED,
     METRICS,
@@ -70,6 +72,12 @@ app = ClientApp()
 
 CLIENT_STATE = STATE_PREFIX + "client."
 OUTPUT = STATE_PREFIX + "output."
+#: A node's client state as of its last validation (``CHECKED``, with that round under
+#: ``CHECKED_ROUND``) and as of the federation's best round (``BEST``): what the node
+#: personalises from goes with the best server model, as in the simulator.
+CHECKED = STATE_PREFIX + "checked."
+CHECKED_ROUND = STATE_PREFIX + "checked-round."
+BEST = STATE_PREFIX + "best."
 
 
 def _node(context: Context) -> Node:
@@ -98,6 +106,21 @@ def _round(msg: Message) -> tuple[str, int]:
     if not isinstance(method, str):
         raise FedmoeError(f"the message names no method: {method!r}")
     return method, int(number(record.get("round"), "round"))
+
+
+def _promote(context: Context, method: str, best_round: int) -> None:
+    """Keep the state last validated as the best-round state if that round is the
+    federation's best."""
+    checked = context.state.config_records.get(CHECKED_ROUND + method)
+    if checked is not None and int(number(checked.get("round"), "round")) == best_round:
+        context.state[BEST + method] = context.state.array_records[CHECKED + method]
+
+
+def _best_state(context: Context, method: str, best_round: int, device: torch.device) -> State:
+    """This node's client state of ``method`` at the federation's best round (``{}``:
+    the method's initial state)."""
+    _promote(context, method, best_round)
+    return _state(context, BEST + method, device)
 
 
 def _server(node: Node, content: RecordDict, method: str, name: str = SERVER) -> Params:
@@ -158,8 +181,14 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     node = _node(context)
     if node.data.opt_out:
         return _declined(msg)
-    method, _ = _round(msg)
-    ev = node.validate(method, _server(node, msg.content, method))
+    method, round_ = _round(msg)
+    best_round = int(number(msg.content.config_records[ROUND].get(BEST_ROUND, -1), BEST_ROUND))
+    _promote(context, method, best_round)
+    state = _state(context, CLIENT_STATE + method, node.clients.device)
+    ev = node.validate(method, _server(node, msg.content, method), state)
+    if state:
+        context.state[CHECKED + method] = state_to_record(state)
+        context.state[CHECKED_ROUND + method] = ConfigRecord({"round": round_})
     metrics = MetricRecord(
         {"loss": float(ev.loss[0]), "accuracy": float(ev.accuracy[0]), "num-examples": int(ev.n[0])}
     )
@@ -174,7 +203,11 @@ def personalise_models(msg: Message, context: Context) -> Message:
     device = node.clients.device
     federated = [m for m in node.cfg.methods if node.method(m)[0].federated is not None]
     best = {m: _server(node, msg.content, m, f"{FEDERATED}.{m}") for m in federated}
-    states = {m: _state(context, CLIENT_STATE + m, device) for m in federated}
+    rounds = msg.content.config_records.get(BEST_ROUNDS, ConfigRecord())
+    states = {
+        m: _best_state(context, m, int(number(rounds.get(m, -1), BEST_ROUNDS)), device)
+        for m in federated
+    }
     outputs = node.personalise(best, states)
     values: dict[str, MetricRecordValues] = {}
     for name, output in outputs.items():

@@ -11,7 +11,8 @@ message type              server sends                     node replies
 ``evaluate``              ``round``, ``server``            ``metrics``, or ``declined``
 ``train.personalise``     ``federated.<method>`` (or       ``metrics``
                           ``federated.<method>.*``) for
-                          each federated method
+                          each federated method,
+                          ``best-rounds``
 ``evaluate.personalise``  nothing                          ``metrics``, ``variants``
 ========================  ===============================  ===========================
 
@@ -19,10 +20,12 @@ A method's server model is one ArrayRecord (``server``) or, with several (IFCA's
 clusters), ``server.0``, ``server.1``, ... (see :mod:`fedmoe.flower.records`). A
 ``train`` reply's ``metrics`` hold ``num-examples`` and, for a method whose clients pick
 one of several server models, ``choice``. ``round`` is a ConfigRecord holding
-``method`` and ``round``; ``metrics`` a MetricRecord (every reply's ``metrics`` also holds
-``threads``, the node's torch thread count); ``variants`` a ConfigRecord of each
-method's variant labels; ``node`` and ``partition-params`` are ConfigRecords of
-metadata; ``declined`` a ConfigRecord holding ``reason``.
+``method``, ``round`` and ``best-round`` (the best round so far, -1 before the first
+check); ``best-rounds`` a ConfigRecord of each federated method's best round;
+``metrics`` a MetricRecord (every reply's ``metrics`` also holds ``threads``, the node's
+torch thread count); ``variants`` a ConfigRecord of each method's variant labels;
+``node`` and ``partition-params`` are ConfigRecords of metadata; ``declined`` a
+ConfigRecord holding ``reason``.
 """
 
 HELLO = "query.hello"
@@ -32,6 +35,9 @@ PERSONALISE = "train.personalise"
 EVALUATE = "evaluate.personalise"
 
 ROUND = "round"
+#: In ``round``: the federation's best round so far.
+BEST_ROUND = "best-round"
+BEST_ROUNDS = "best-rounds"
 SERVER = "server"
 #: Prefix of the records holding each federated method's best server model(s).
 FEDERATED = "federated"

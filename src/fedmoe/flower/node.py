@@ -76,10 +76,13 @@ class Node:
             state = hooks.init_client_state(self.run, options, self.clients)
         return hooks.client_update(self.run, options, server, self.clients, round_, state)
 
-    def validate(self, name: str, server: Params) -> Evaluation:
-        """Method ``name``'s validation score of the server model(s) on this node."""
+    def validate(self, name: str, server: Params, state: State) -> Evaluation:
+        """Method ``name``'s validation score of the server model(s) on this node, with
+        its ``state`` kept across rounds (``{}``: none yet)."""
         hooks, options = self.federated(name)
-        return hooks.validate(self.run, options, server, self.clients.val)
+        if not state:
+            state = hooks.init_client_state(self.run, options, self.clients)
+        return hooks.validate(self.run, options, server, self.clients.val, state)
 
     def personalise(
         self, best: Mapping[str, Params], states: Mapping[str, State]

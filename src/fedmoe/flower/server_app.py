@@ -39,6 +39,8 @@ from fedmoe.flower.config import FlowerOptions, split_run_config
 from fedmoe.flower.exchange import accepted, collect
 from fedmoe.flower.log import FederationLog
 from fedmoe.flower.messages import (
+    BEST_ROUND,
+    BEST_ROUNDS,
     EVALUATE,
     FEDERATED,
     METRICS,
@@ -70,9 +72,11 @@ def main(grid: Grid, context: Context) -> None:
     logger.info("fedmoe: results written to %s", out)
 
 
-def _content(method: str, params: Params, round_: int) -> RecordDict:
-    records: dict[str, Any] = dict(server_to_records(params, SERVER))
-    records[ROUND] = ConfigRecord({"method": method, "round": round_})
+def _content(method: str, server: FederationServer, round_: int) -> RecordDict:
+    records: dict[str, Any] = dict(server_to_records(server.params, SERVER))
+    records[ROUND] = ConfigRecord(
+        {"method": method, "round": round_, BEST_ROUND: server.best_round}
+    )
     return RecordDict(records)
 
 
@@ -119,6 +123,8 @@ def run_federation(grid: Grid, cfg: ExperimentConfig, options: FlowerOptions) ->
     content: dict[str, Any] = {}
     for name, server in servers.items():
         content |= server_to_records(server.best_params, f"{FEDERATED}.{name}")
+    best_rounds = {name: server.best_round for name, server in servers.items()}
+    content[BEST_ROUNDS] = ConfigRecord(dict(best_rounds.items()))
     with log.phase("personalise"):
         clients = {info.client for info in roster.nodes.values()}
         personalised = collect(
@@ -169,7 +175,7 @@ def _federated_round(
     sampled = [int(c) for c in server.sample(round_)]
     nodes = roster.client_nodes()
     absent = [c for c in sampled if c not in nodes]
-    content = _content(method, server.params, round_)
+    content = _content(method, server, round_)
     replies = roster.exchange(
         method,
         round_,
@@ -270,7 +276,7 @@ def _validate(
     weighted by validation-set size (NaN when none replies)."""
     nodes = roster.client_nodes()
     clients = [c for c in roster.opt_in_clients() if c in nodes]
-    content = _content(method, server.params, round_)
+    content = _content(method, server, round_)
     phase = f"{method}-validate"
     replies = roster.exchange(
         phase, round_, {nodes[c]: (VALIDATE, content) for c in clients}, options.round_timeout

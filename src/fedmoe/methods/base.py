@@ -152,7 +152,9 @@ class Federated:
     """A method's federated phase, as hooks :mod:`fedmoe.federation` calls each round.
 
     The server holds ``Params`` with a leading axis of one row per server model (one
-    for FedAvg). The defaults are FedAvg's: a sample-weighted mean of the updates."""
+    for FedAvg). The defaults are FedAvg's: a sample-weighted mean of the updates.
+    Early stopping keeps the best round's server model(s) *and* the clients' state of
+    that round, so what a method predicts with after federation comes from one round."""
 
     def init(self, run: RunSpec, options: Any, device: torch.device) -> Params:
         """The server's initial model(s)."""
@@ -182,8 +184,12 @@ class Federated:
         del server
         return weighted_mean(update.params, weights)
 
-    def validate(self, run: RunSpec, options: Any, server: Params, val: ClientData) -> Evaluation:
-        """The per-client validation loss and accuracy early stopping uses."""
+    def validate(
+        self, run: RunSpec, options: Any, server: Params, val: ClientData, state: State
+    ) -> Evaluation:
+        """The per-client validation loss and accuracy early stopping uses: of the model
+        the method predicts with, so a method with client state (a personal head, say)
+        scores the server model(s) with the clients' ``state`` rows (``val``'s order)."""
         raise NotImplementedError
 
 

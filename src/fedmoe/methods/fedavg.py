@@ -43,7 +43,10 @@ class FedAvgRounds(Federated):
         start = broadcast(server, len(clients.ids))
         return Update(local_training(run, start, clients, round_))
 
-    def validate(self, run: RunSpec, options: Any, server: Params, val: ClientData) -> Evaluation:
+    def validate(
+        self, run: RunSpec, options: Any, server: Params, val: ClientData, state: State
+    ) -> Evaluation:
+        del state
         return evaluate(Classifier(run.net), server, val)
 
 

@@ -87,7 +87,10 @@ class IfcaRounds(Federated):
                 models.append(weighted_mean(rows(update.params, chosen), weights[chosen]))
         return {n: torch.cat([m[n] for m in models]) for n in server}
 
-    def validate(self, run: RunSpec, options: Any, server: Params, val: ClientData) -> Evaluation:
+    def validate(
+        self, run: RunSpec, options: Any, server: Params, val: ClientData, state: State
+    ) -> Evaluation:
+        del state
         every = evaluate_each(Classifier(run.net), server, val)
         best = every.loss.argmin(0, keepdim=True)
         return Evaluation(every.loss.gather(0, best)[0], every.accuracy.gather(0, best)[0], val.n)

@@ -94,3 +94,19 @@ class Model(Protocol):
     def as_gate(self, outputs: int) -> Model:
         """The same architecture with ``outputs`` gate logits."""
         ...
+
+
+def head_names(net: Model) -> frozenset[str]:
+    """The names of the head's parameters (the last layer's, see :class:`Model`); the
+    rest are the body's."""
+    prefix = net.output_bias.removesuffix("bias")
+    return frozenset(s.name for s in net.param_specs() if s.name.startswith(prefix))
+
+
+def split_head(net: Model, params: Params) -> tuple[Params, Params]:
+    """``params`` as (body, head)."""
+    head = head_names(net)
+    return (
+        {n: p for n, p in params.items() if n not in head},
+        {n: p for n, p in params.items() if n in head},
+    )
