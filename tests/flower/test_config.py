@@ -37,7 +37,26 @@ def app_defaults() -> Flat:
 
 
 #: Every built-in method that runs on Flower nodes, in an order the registry accepts.
-NODE_METHODS = ("fedavg", "local", "finetune", "moe", "moe-staged", "moe-plus", "ifca", "moe-ifca")
+NODE_METHODS = (
+    "fedavg",
+    "local",
+    "finetune",
+    "moe",
+    "moe-staged",
+    "moe-plus",
+    "ifca",
+    "moe-ifca",
+    "fedprox",
+    "ditto",
+    "per-fedavg",
+    "pfl-moe",
+    "apfl",
+    "pfedme",
+    "fedper",
+    "fedrep",
+    "lg-fedavg",
+    "fedbabu",
+)
 
 
 def test_pyproject_lists_every_key_with_the_quick_preset_as_defaults() -> None:

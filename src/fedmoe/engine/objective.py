@@ -6,18 +6,21 @@ when the objective defines ``client_loss`` (:class:`ClientLoss`), with that per-
 loss (a proximal term, a two-model loss, a regulariser). Validation (early stopping)
 always scores the log-probabilities' NLL. Frozen parameters (a global expert, say) live
 inside the objective, not in the trained dict. An objective may also mend its
-parameters after each step (:class:`AfterStep`, a projection) or take each step itself
-(:class:`OwnStep`, inner iterations per batch).
+parameters after each step (:class:`AfterStep`, a projection), step some of them with
+their own optimiser settings (:class:`OwnOptimizers`, a learned scalar's learning rate)
+or take each step itself (:class:`OwnStep`, inner iterations per batch).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from fedmoe import rng
+from fedmoe.engine.optim import OptimizerConfig
 from fedmoe.models import Model, Params
 
 
@@ -79,6 +82,17 @@ class AfterStep(Protocol):
         """Change ``params`` (the live trained parameters, stacked) in place, under
         ``torch.no_grad``; ``active`` (bool ``(K,)``) says which clients just stepped
         (the others must stay untouched)."""
+        ...
+
+
+@runtime_checkable
+class OwnOptimizers(Protocol):
+    """An objective some of whose trained parameters step with their own optimiser
+    settings (a learned scalar with its own plain SGD step, say)."""
+
+    def optimizers(self, default: OptimizerConfig) -> Mapping[str, OptimizerConfig]:
+        """The settings of the trained parameters named here; the others step with
+        ``default`` (the training's own)."""
         ...
 
 

@@ -10,6 +10,7 @@ plain per-client PyTorch loop.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -117,10 +118,42 @@ class BatchedSGD:
         self.buf = {n: t[index] for n, t in self.buf.items()}
 
 
-def make_optimizer(params: Params, cfg: OptimizerConfig) -> BatchedOptimizer:
-    """The batched optimiser named by ``cfg.name``."""
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise ConfigError(f"learning rate must be a positive number, got {cfg.lr}")
+class GroupedOptimizer:
+    """Batched optimisers over disjoint groups of the parameters, each with its own
+    settings; a step or a selection applies to every group."""
+
+    def __init__(self, groups: list[tuple[list[str], BatchedOptimizer]]) -> None:
+        self.groups = groups
+
+    def step(self, params: Params, grads: Params, active: torch.Tensor) -> None:
+        for names, optimizer in self.groups:
+            optimizer.step({n: params[n] for n in names}, {n: grads[n] for n in names}, active)
+
+    def select(self, index: torch.Tensor) -> None:
+        for _, optimizer in self.groups:
+            optimizer.select(index)
+
+
+def make_optimizer(
+    params: Params, cfg: OptimizerConfig, own: Mapping[str, OptimizerConfig] | None = None
+) -> BatchedOptimizer:
+    """The batched optimiser named by ``cfg.name``; parameters named in ``own`` step with
+    their own settings instead (names ``params`` lacks are ignored)."""
+    settings = {n: (own or {}).get(n, cfg) for n in params}
+    for c in {cfg, *settings.values()}:
+        if not (c.lr > 0 and math.isfinite(c.lr)):
+            raise ConfigError(f"learning rate must be a positive number, got {c.lr}")
+    groups: dict[OptimizerConfig, list[str]] = {}
+    for name, c in settings.items():
+        groups.setdefault(c, []).append(name)
+    if len(groups) <= 1:
+        return _single(params, cfg if not groups else next(iter(groups)))
+    return GroupedOptimizer(
+        [(names, _single({n: params[n] for n in names}, c)) for c, names in groups.items()]
+    )
+
+
+def _single(params: Params, cfg: OptimizerConfig) -> BatchedOptimizer:
     if cfg.name == "adam":
         return BatchedAdam(params, cfg)
     return BatchedSGD(params, cfg)

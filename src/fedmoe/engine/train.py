@@ -24,7 +24,14 @@ import torch
 from fedmoe import rng
 from fedmoe.engine.cohort import ClientData
 from fedmoe.engine.evaluate import EVAL_EXAMPLES, evaluate
-from fedmoe.engine.objective import AfterStep, Dropout, Objective, OwnStep, client_losses
+from fedmoe.engine.objective import (
+    AfterStep,
+    Dropout,
+    Objective,
+    OwnOptimizers,
+    OwnStep,
+    client_losses,
+)
 from fedmoe.engine.optim import BatchedOptimizer, OptimizerConfig, make_optimizer
 from fedmoe.models import Params
 
@@ -165,7 +172,8 @@ def _train_cohort(
     k = data.num_clients
     device = keys.device
     live = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
-    optimizer = make_optimizer(live, cfg.optimizer)
+    own = objective.optimizers(cfg.optimizer) if isinstance(objective, OwnOptimizers) else None
+    optimizer = make_optimizer(live, cfg.optimizer, own)
     epochs = torch.zeros(k, dtype=torch.int64, device=device)
     where = torch.arange(k, device=device)
     es = cfg.early_stopping

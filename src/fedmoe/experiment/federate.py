@@ -38,7 +38,7 @@ def federate(
         server.load_state_dict(state["server"])
         client_state, best_state = state["clients"], state["best_clients"]
     opt_in_rows = torch.as_tensor(opt_in)
-    val = clients.select(opt_in_rows).val
+    voters = clients.select(opt_in_rows)
     progress = run.progress(description, run.federation.rounds)
     while not server.finished:
         round_ = server.next_round
@@ -53,7 +53,7 @@ def federate(
         choice = None if update.choice is None else update.choice.tolist()
         if server.validates(round_):
             checked = {k: v[opt_in_rows.to(v.device)] for k, v in client_state.items()}
-            ev = hooks.validate(run, options, server.params, val, checked)
+            ev = hooks.validate_clients(run, options, server.params, voters, checked)
             loss, acc = mean_validation(ev)
             server.record(round_, sampled.tolist(), loss, acc, choice)
             if server.best_round == round_:

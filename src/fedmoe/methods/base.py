@@ -192,6 +192,15 @@ class Federated:
         scores the server model(s) with the clients' ``state`` rows (``val``'s order)."""
         raise NotImplementedError
 
+    def validate_clients(
+        self, run: RunSpec, options: Any, server: Params, clients: Clients, state: State
+    ) -> Evaluation:
+        """What early stopping calls (the simulator with the opt-in clients, a Flower node
+        with itself): :meth:`validate` on ``clients.val`` by default. Override it when
+        the model a method predicts with needs the clients' training data too (an
+        adaptation step, say); ``state`` rows are in ``clients``' order."""
+        return self.validate(run, options, server, clients.val, state)
+
 
 class Method:
     """A personalised-FL method (see the module docstring). Subclasses set the class

@@ -1,15 +1,25 @@
 """The built-in methods, registered in this order."""
 
 from fedmoe.methods import (
+    apfl,
     centralised,
+    ditto,
     fedavg,
+    fedbabu,
+    fedper,
+    fedprox,
+    fedrep,
     finetune,
     ifca,
+    lg_fedavg,
     local,
     moe,
     moe_ifca,
     moe_plus,
     moe_staged,
+    perfedavg,
+    pfedme,
+    pfl_moe,
 )
 from fedmoe.methods.registry import register
 
@@ -23,6 +33,16 @@ for _method in (
     ifca.Ifca,
     moe_ifca.MoeIfca,
     centralised.Centralised,
+    fedprox.FedProx,
+    ditto.Ditto,
+    perfedavg.PerFedAvg,
+    pfl_moe.PflMoe,
+    apfl.Apfl,
+    pfedme.PFedMe,
+    fedper.FedPer,
+    fedrep.FedRep,
+    lg_fedavg.LgFedAvg,
+    fedbabu.FedBabu,
 ):
     register(_method)
 
