@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -60,6 +60,7 @@ from fedmoe.engine import (
     Dropout,
     Evaluation,
     OptimizerConfig,
+    TrainResult,
     evaluate,
     mean_nll,
     train,
@@ -77,6 +78,7 @@ from fedmoe.methods.base import (
 )
 from fedmoe.methods.fedavg import FedAvgRounds
 from fedmoe.methods.params import broadcast, prefixed, unprefixed
+from fedmoe.methods.personal import train_unfederated
 from fedmoe.models import Model, Params
 
 #: The prefix of a client's local model ``v`` (state, output and trained dicts).
@@ -237,18 +239,13 @@ class Apfl(Method):
     ) -> Output:
         assert federated is not None
         server, state = global_model(federated), client_state(federated)
-        rounds = state[ROUNDS]
-        personal = {n: p.clone() for n, p in unprefixed(state, PERSONAL).items()}
-        alpha = state[ALPHA].clone()
-        k = len(clients.ids)
-        epochs = torch.zeros(k, dtype=torch.int64, device=rounds.device)
-        best_loss = torch.full((k,), math.nan, dtype=torch.float64, device=rounds.device)
-        untrained = torch.nonzero(rounds.cpu() == 0).squeeze(1)
-        if untrained.numel() > 0:
-            them = clients.select(untrained)
-            m = len(untrained)
-            start = broadcast(server, m)
-            initial = torch.full((m,), options.alpha, dtype=alpha.dtype, device=alpha.device)
+        rounds, alpha = state[ROUNDS], state[ALPHA]
+
+        def fit(them: Clients, _: torch.Tensor) -> TrainResult:
+            start = broadcast(server, len(them.ids))
+            initial = torch.full(
+                (len(them.ids),), options.alpha, dtype=alpha.dtype, device=alpha.device
+            )
             trained, fixed = _split(initial, options.adaptive)
             res = train(
                 Mixture(run.net, False, options.alpha_lr),
@@ -260,16 +257,12 @@ class Apfl(Method):
                 run.progress("APFL local models", run.personalise.epochs),
                 fixed | prefixed(start, GLOBAL),
             )
-            rows = untrained.to(rounds.device)
-            for n, p in unprefixed(res.params, PERSONAL).items():
-                personal[n][rows] = p
-            alpha[rows] = res.params.get(ALPHA, initial)
-            epochs[rows] = res.epochs.to(epochs.device)
-            best_loss[rows] = res.best_loss.to(best_loss.device)
-        own = (
-            prefixed(server, GLOBAL) | prefixed(personal, PERSONAL) | {ALPHA: alpha, ROUNDS: rounds}
-        )
-        return Output(own, epochs, best_loss, federated.info)
+            return replace(res, params={ALPHA: initial} | res.params)
+
+        kept = {n: p for n, p in state.items() if n.startswith(f"{PERSONAL}.")}
+        res = train_unfederated(rounds, clients, kept | {ALPHA: alpha}, fit)
+        own = prefixed(server, GLOBAL) | res.params | {ROUNDS: rounds}
+        return Output(own, res.epochs, res.best_loss, federated.info)
 
     def evaluate(
         self,

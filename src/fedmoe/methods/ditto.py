@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from fedmoe.engine import Classifier, ClientData, Evaluation, TrainConfig, evaluate
+from fedmoe.engine import Classifier, ClientData, Evaluation, TrainConfig, TrainResult, evaluate
 from fedmoe.errors import ConfigError
 from fedmoe.federation import Clients, State, Update
 from fedmoe.methods.base import (
@@ -59,7 +59,7 @@ from fedmoe.methods.base import (
 )
 from fedmoe.methods.fedavg import FedAvgRounds, local_training
 from fedmoe.methods.params import broadcast, prefixed, unprefixed
-from fedmoe.methods.personal import MODEL, evaluate_personal
+from fedmoe.methods.personal import MODEL, evaluate_personal, train_unfederated
 from fedmoe.methods.proximal import train_proximal
 from fedmoe.models import Params
 
@@ -162,15 +162,10 @@ class Ditto(Method):
         assert federated is not None
         server, state = global_model(federated), client_state(federated)
         rounds = state[ROUNDS]
-        personal = {n: p.clone() for n, p in unprefixed(state, PERSONAL).items()}
-        k = len(clients.ids)
-        epochs = torch.zeros(k, dtype=torch.int64, device=rounds.device)
-        best_loss = torch.full((k,), math.nan, dtype=torch.float64, device=rounds.device)
-        untrained = torch.nonzero(rounds.cpu() == 0).squeeze(1)
-        if untrained.numel() > 0:
-            them = clients.select(untrained)
-            start = broadcast(server, len(untrained))
-            res = train_proximal(
+
+        def fit(them: Clients, _: torch.Tensor) -> TrainResult:
+            start = broadcast(server, len(them.ids))
+            return train_proximal(
                 run.net,
                 options.lam,
                 start,
@@ -181,13 +176,10 @@ class Ditto(Method):
                 them.val,
                 run.progress("Ditto personal models", run.personalise.epochs),
             )
-            rows = untrained.to(rounds.device)
-            for n, p in res.params.items():
-                personal[n][rows] = p
-            epochs[rows] = res.epochs.to(epochs.device)
-            best_loss[rows] = res.best_loss.to(best_loss.device)
-        own = prefixed(server, GLOBAL) | prefixed(personal, MODEL) | {ROUNDS: rounds}
-        return Output(own, epochs, best_loss, federated.info)
+
+        res = train_unfederated(rounds, clients, unprefixed(state, PERSONAL), fit)
+        own = prefixed(server, GLOBAL) | prefixed(res.params, MODEL) | {ROUNDS: rounds}
+        return Output(own, res.epochs, res.best_loss, federated.info)
 
     def evaluate(
         self,

@@ -60,6 +60,7 @@ from fedmoe.engine import (
     Evaluation,
     OptimizerConfig,
     TrainConfig,
+    TrainResult,
     evaluate,
     mean_nll,
     train,
@@ -77,7 +78,7 @@ from fedmoe.methods.base import (
 )
 from fedmoe.methods.fedavg import FedAvgRounds
 from fedmoe.methods.params import broadcast, prefixed, unprefixed
-from fedmoe.methods.personal import MODEL, evaluate_personal
+from fedmoe.methods.personal import MODEL, evaluate_personal, train_unfederated
 from fedmoe.models import Model, Params
 
 #: The prefix of a client's personal model ``theta`` (state and trained dicts).
@@ -232,14 +233,9 @@ class PFedMe(Method):
         assert federated is not None
         server, state = global_model(federated), client_state(federated)
         rounds = state[ROUNDS]
-        theta = {n: p.clone() for n, p in unprefixed(state, PERSONAL).items()}
-        k = len(clients.ids)
-        epochs = torch.zeros(k, dtype=torch.int64, device=rounds.device)
-        best_loss = torch.full((k,), math.nan, dtype=torch.float64, device=rounds.device)
-        untrained = torch.nonzero(rounds.cpu() == 0).squeeze(1)
-        if untrained.numel() > 0:
-            them = clients.select(untrained)
-            start = broadcast(server, len(untrained))
+
+        def fit(them: Clients, _: torch.Tensor) -> TrainResult:
+            start = broadcast(server, len(them.ids))
             objective = MoreauEnvelope(
                 run.net, options.lam, options.steps, options.personal_lr, 0.0
             )
@@ -253,13 +249,11 @@ class PFedMe(Method):
                 run.progress("pFedMe personal models", run.personalise.epochs),
                 prefixed(start, GLOBAL),
             )
-            rows = untrained.to(rounds.device)
-            for n, p in unprefixed(res.params, PERSONAL).items():
-                theta[n][rows] = p
-            epochs[rows] = res.epochs.to(epochs.device)
-            best_loss[rows] = res.best_loss.to(best_loss.device)
-        own = prefixed(server, GLOBAL) | prefixed(theta, MODEL) | {ROUNDS: rounds}
-        return Output(own, epochs, best_loss, federated.info)
+            return replace(res, params=unprefixed(res.params, PERSONAL))
+
+        res = train_unfederated(rounds, clients, unprefixed(state, PERSONAL), fit)
+        own = prefixed(server, GLOBAL) | prefixed(res.params, MODEL) | {ROUNDS: rounds}
+        return Output(own, res.epochs, res.best_loss, federated.info)
 
     def evaluate(
         self,

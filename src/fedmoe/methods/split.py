@@ -24,7 +24,6 @@ derives it itself and nobody sends it).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -53,7 +52,7 @@ from fedmoe.methods.base import (
 )
 from fedmoe.methods.fedavg import FedAvgRounds, local_training
 from fedmoe.methods.params import broadcast, prefixed, rows, unprefixed
-from fedmoe.methods.personal import MODEL, evaluate_personal
+from fedmoe.methods.personal import MODEL, evaluate_personal, train_unfederated
 from fedmoe.models import Model, Params, split_head
 
 #: A part of the classifier.
@@ -184,31 +183,24 @@ class KeptPartMethod(Method):
         assert federated is not None
         server, state = global_model(federated), client_state(federated)
         rounds = state[ROUNDS]
-        kept = {n: p.clone() for n, p in unprefixed(state, KEPT).items()}
-        k = len(clients.ids)
-        epochs = torch.zeros(k, dtype=torch.int64, device=rounds.device)
-        best_loss = torch.full((k,), math.nan, dtype=torch.float64, device=rounds.device)
-        untrained = torch.nonzero(rounds.cpu() == 0).squeeze(1)
-        if untrained.numel() > 0:
-            them = clients.select(untrained)
-            res = train_part(
+        kept = unprefixed(state, KEPT)
+
+        def fit(them: Clients, where: torch.Tensor) -> TrainResult:
+            return train_part(
                 run,
-                rows(kept, untrained.to(rounds.device)),
-                broadcast(server, len(untrained)),
+                rows(kept, where),
+                broadcast(server, len(them.ids)),
                 them.train,
                 run.personalise,
                 them.keys(run.seed, f"{self.name}/personalise"),
                 them.val,
                 run.progress(self.personalise_description, run.personalise.epochs),
             )
-            where = untrained.to(rounds.device)
-            for n, p in res.params.items():
-                kept[n][where] = p
-            epochs[where] = res.epochs.to(epochs.device)
-            best_loss[where] = res.best_loss.to(best_loss.device)
-        models = join(run.net, broadcast(server, k), kept)
+
+        res = train_unfederated(rounds, clients, kept, fit)
+        models = join(run.net, broadcast(server, len(clients.ids)), res.params)
         own = prefixed(server, GLOBAL) | prefixed(models, MODEL) | {ROUNDS: rounds}
-        return Output(own, epochs, best_loss, federated.info)
+        return Output(own, res.epochs, res.best_loss, federated.info)
 
     def evaluate(
         self,
