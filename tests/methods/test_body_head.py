@@ -316,7 +316,7 @@ def test_fedbabu_freezes_the_head_in_federation_and_fine_tunes_it_after() -> Non
     assert any(not torch.allclose(p, fedavg[n], atol=1e-6) for n, p in server.items())
     # Validation scores the global body under the initial head, for every client alike.
     head = _only(initial_model(run, clients.device), HEAD_NAMES)
-    ev = hooks.validate(run, options, server, clients.val, {})
+    ev = hooks.validate(run, options, server, clients, {})
     expected = evaluate(Classifier(NET), server | head, clients.val)
     torch.testing.assert_close(ev.loss, expected.loss, rtol=0, atol=0)
     # Every client, the opt-out one included, fine-tunes body and head.
@@ -354,7 +354,7 @@ def test_clients_whose_kept_part_never_trained_train_it_after_federation(name: s
     scored = {n: server.params[n].expand(3, *p.shape[1:]) for n, p in server.params.items()}
     scored |= {n: p[opt_in] for n, p in kept.items()}
     checked = {k: v[opt_in] for k, v in best.items()}
-    ev = hooks.validate(run, None, server.params, clients.val.select(opt_in), checked)
+    ev = hooks.validate(run, None, server.params, clients.select(opt_in), checked)
     expected_ev = evaluate(Classifier(NET), scored, clients.val.select(opt_in))
     torch.testing.assert_close(ev.loss, expected_ev.loss, rtol=0, atol=0)
 

@@ -241,7 +241,7 @@ def test_clients_whose_personal_model_never_trained_get_one_from_the_final_globa
         for n in personal
     }
     checked = {k: v[opt_in] for k, v in best.items()}  # the opt-in clients' rows
-    ev = HOOKS.validate(run, options, server.params, clients.val.select(opt_in), checked)
+    ev = HOOKS.validate(run, options, server.params, clients.select(opt_in), checked)
     expected_ev = evaluate(Classifier(NET), scored, clients.val.select(opt_in))
     torch.testing.assert_close(ev.loss, expected_ev.loss, rtol=0, atol=0)
 

@@ -53,7 +53,7 @@ def federate(
         choice = None if update.choice is None else update.choice.tolist()
         if server.validates(round_):
             checked = {k: v[opt_in_rows.to(v.device)] for k, v in client_state.items()}
-            ev = hooks.validate_clients(run, options, server.params, voters, checked)
+            ev = hooks.validate(run, options, server.params, voters, checked)
             loss, acc = mean_validation(ev)
             server.record(round_, sampled.tolist(), loss, acc, choice)
             if server.best_round == round_:

@@ -82,7 +82,7 @@ class Node:
         hooks, options = self.federated(name)
         if not state:
             state = hooks.init_client_state(self.run, options, self.clients)
-        return hooks.validate_clients(self.run, options, server, self.clients, state)
+        return hooks.validate(self.run, options, server, self.clients, state)
 
     def personalise(
         self, best: Mapping[str, Params], states: Mapping[str, State]

@@ -215,11 +215,11 @@ class ApflRounds(FedAvgRounds):
         return Update(unprefixed(res.params, GLOBAL), state=new_state)
 
     def validate(
-        self, run: RunSpec, options: Any, server: Params, val: ClientData, state: State
+        self, run: RunSpec, options: Any, server: Params, clients: Clients, state: State
     ) -> Evaluation:
         alpha = _predicting(state[ALPHA], state[ROUNDS])
         models = mixed(alpha, unprefixed(state, PERSONAL), server)
-        return evaluate(Classifier(run.net), models, val)
+        return evaluate(Classifier(run.net), models, clients.val)
 
 
 class Apfl(Method):

@@ -185,21 +185,15 @@ class Federated:
         return weighted_mean(update.params, weights)
 
     def validate(
-        self, run: RunSpec, options: Any, server: Params, val: ClientData, state: State
-    ) -> Evaluation:
-        """The per-client validation loss and accuracy early stopping uses: of the model
-        the method predicts with, so a method with client state (a personal head, say)
-        scores the server model(s) with the clients' ``state`` rows (``val``'s order)."""
-        raise NotImplementedError
-
-    def validate_clients(
         self, run: RunSpec, options: Any, server: Params, clients: Clients, state: State
     ) -> Evaluation:
-        """What early stopping calls (the simulator with the opt-in clients, a Flower node
-        with itself): :meth:`validate` on ``clients.val`` by default. Override it when
-        the model a method predicts with needs the clients' training data too (an
-        adaptation step, say); ``state`` rows are in ``clients``' order."""
-        return self.validate(run, options, server, clients.val, state)
+        """The per-client validation loss and accuracy early stopping uses (the simulator
+        calls it with the opt-in clients, a Flower node with itself): of the model the
+        method predicts with on ``clients.val``, so a method with client state (a personal
+        head, say) scores the server model(s) with the clients' ``state`` rows
+        (``clients``' order), and one that adapts before predicting (Per-FedAvg) adapts on
+        ``clients.train`` first."""
+        raise NotImplementedError
 
 
 class Method:

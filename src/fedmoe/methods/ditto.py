@@ -138,10 +138,10 @@ class DittoRounds(FedAvgRounds):
         return Update(trained_w, state=new_state)
 
     def validate(
-        self, run: RunSpec, options: Any, server: Params, val: ClientData, state: State
+        self, run: RunSpec, options: Any, server: Params, clients: Clients, state: State
     ) -> Evaluation:
         models = _predictors(server, unprefixed(state, PERSONAL), state[ROUNDS])
-        return evaluate(Classifier(run.net), models, val)
+        return evaluate(Classifier(run.net), models, clients.val)
 
 
 class Ditto(Method):

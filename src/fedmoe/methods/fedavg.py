@@ -44,10 +44,10 @@ class FedAvgRounds(Federated):
         return Update(local_training(run, start, clients, round_))
 
     def validate(
-        self, run: RunSpec, options: Any, server: Params, val: ClientData, state: State
+        self, run: RunSpec, options: Any, server: Params, clients: Clients, state: State
     ) -> Evaluation:
         del state
-        return evaluate(Classifier(run.net), server, val)
+        return evaluate(Classifier(run.net), server, clients.val)
 
 
 class FedAvg(Method):

@@ -112,12 +112,12 @@ class FedBabuRounds(Federated):
         return Update(res.params)
 
     def validate(
-        self, run: RunSpec, options: Any, server: Params, val: ClientData, state: State
+        self, run: RunSpec, options: Any, server: Params, clients: Clients, state: State
     ) -> Evaluation:
         del state
         device = next(iter(server.values())).device
         model = join(run.net, server, frozen_head(run, device))
-        return evaluate(Classifier(run.net), model, val)
+        return evaluate(Classifier(run.net), model, clients.val)
 
 
 class FedBabu(Method):

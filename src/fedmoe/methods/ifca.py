@@ -88,12 +88,14 @@ class IfcaRounds(Federated):
         return {n: torch.cat([m[n] for m in models]) for n in server}
 
     def validate(
-        self, run: RunSpec, options: Any, server: Params, val: ClientData, state: State
+        self, run: RunSpec, options: Any, server: Params, clients: Clients, state: State
     ) -> Evaluation:
         del state
-        every = evaluate_each(Classifier(run.net), server, val)
+        every = evaluate_each(Classifier(run.net), server, clients.val)
         best = every.loss.argmin(0, keepdim=True)
-        return Evaluation(every.loss.gather(0, best)[0], every.accuracy.gather(0, best)[0], val.n)
+        return Evaluation(
+            every.loss.gather(0, best)[0], every.accuracy.gather(0, best)[0], clients.val.n
+        )
 
 
 class Ifca(Method):

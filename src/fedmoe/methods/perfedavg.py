@@ -26,7 +26,7 @@ client's *whole* training set, in eval mode (no dropout). The paper evaluates af
 step of stochastic gradient descent on a batch; the whole training set gives that step's
 lowest-variance version and needs no random draw. Early stopping scores the same thing:
 each opt-in client's adapted global model on its validation set
-(:meth:`~fedmoe.methods.base.Federated.validate_clients`).
+(:meth:`~fedmoe.methods.base.Federated.validate`).
 
 Defaults: ``alpha`` = ``federated.lr`` (the local learning rate, as PFL-METHODS.md and
 PFLlib have it; PFLlib also uses it for ``beta``), ``beta`` = 1e-3 (the value public
@@ -166,13 +166,6 @@ class PerFedAvgRounds(Federated):
         return Update(train(objective, start, clients.train, cfg, keys).params)
 
     def validate(
-        self, run: RunSpec, options: Any, server: Params, val: ClientData, state: State
-    ) -> Evaluation:
-        """The global model itself (without the clients' training data to adapt to)."""
-        del state
-        return evaluate(Classifier(run.net), server, val)
-
-    def validate_clients(
         self, run: RunSpec, options: Any, server: Params, clients: Clients, state: State
     ) -> Evaluation:
         """Each client's adapted global model on its validation set."""

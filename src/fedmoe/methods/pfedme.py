@@ -205,14 +205,14 @@ class PFedMeRounds(FedAvgRounds):
         return Update(sent, state=prefixed(theta, PERSONAL) | {ROUNDS: state[ROUNDS] + 1})
 
     def validate(
-        self, run: RunSpec, options: Any, server: Params, val: ClientData, state: State
+        self, run: RunSpec, options: Any, server: Params, clients: Clients, state: State
     ) -> Evaluation:
         trained = state[ROUNDS] > 0
         theta = {
             n: _where(trained, p, server[n].expand_as(p))
             for n, p in unprefixed(state, PERSONAL).items()
         }
-        return evaluate(Classifier(run.net), theta, val)
+        return evaluate(Classifier(run.net), theta, clients.val)
 
 
 class PFedMe(Method):

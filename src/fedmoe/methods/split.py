@@ -157,10 +157,10 @@ class KeptPartRounds(Federated):
         return Update(sent, state=prefixed(kept, KEPT) | {ROUNDS: state[ROUNDS] + 1})
 
     def validate(
-        self, run: RunSpec, options: Any, server: Params, val: ClientData, state: State
+        self, run: RunSpec, options: Any, server: Params, clients: Clients, state: State
     ) -> Evaluation:
-        models = join(run.net, broadcast(server, val.num_clients), unprefixed(state, KEPT))
-        return evaluate(Classifier(run.net), models, val)
+        models = join(run.net, broadcast(server, clients.val.num_clients), unprefixed(state, KEPT))
+        return evaluate(Classifier(run.net), models, clients.val)
 
 
 class KeptPartMethod(Method):
