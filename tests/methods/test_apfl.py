@@ -6,30 +6,38 @@ opt-out nodes sending nothing; bad options are one-line errors."""
 
 from __future__ import annotations
 
-import copy
 import math
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from pfl_toys import (
+    Tensors,
+    assert_one_line_config_error,
+    assert_same_models,
+    assert_same_state,
+    batches,
+    client_rows,
+    close,
+    federate_saving,
+    federated_section,
+    flower_parity,
+    needs_fashion,
+    nll,
+    nll_grad,
+    personalise_section,
+    toy_problem,
+)
 
 from fedmoe import rng
-from fedmoe.engine import ClientData, batch_order
-from fedmoe.errors import ConfigError
-from fedmoe.experiment import config
 from fedmoe.experiment.federate import federate
-from fedmoe.experiment.prepare import run_spec
-from fedmoe.experiment.run import run_experiment
 from fedmoe.federation import Clients, FederationServer
 from fedmoe.methods.apfl import ALPHA, PERSONAL, ROUNDS, Apfl, ApflOptions
 from fedmoe.methods.base import RunSpec, federated_output
 from fedmoe.methods.fedavg import FedAvg
 from fedmoe.methods.params import unprefixed
-from fedmoe.models import Network, build_network, unstack
+from fedmoe.models import Network, unstack
 
 SIZES = [13, 10, 17]
 VAL = 6
@@ -39,76 +47,15 @@ ROUNDS_RUN = 3
 EPOCHS = 2
 P_LR, P_EPOCHS, P_BATCH, PATIENCE = 0.1, 15, 4, 2
 
-Tensors = dict[str, torch.Tensor]
-
 
 def _problem(opt_out: list[bool] | None = None, optimizer: str = "sgd") -> tuple[RunSpec, Clients]:
     """Three clients of unequal sizes (short last batches), every opt-in client in every
     round, SGD (the paper's steps) by default, float64, no dropout."""
-    net = build_network("mlp", (1, 8, 8), 10, dropout=0.0)
-    cfg = config.from_dict(
-        {
-            "dtype": "float64",
-            "federated": {
-                "rounds": ROUNDS_RUN,
-                "clients_per_round": len(SIZES),
-                "local_epochs": EPOCHS,
-                "batch_size": BATCH,
-                "optimizer": optimizer,
-                "lr": LR,
-                "early_stopping": False,
-            },
-            "personalise": {
-                "epochs": P_EPOCHS,
-                "batch_size": P_BATCH,
-                "optimizer": "sgd",
-                "lr": P_LR,
-                "stopping": {"check_every": 1, "patience": PATIENCE, "min_delta": 0.0},
-            },
-        }
-    )
-    run = run_spec(cfg, net, net.as_gate(1), (1, 8, 8), 10, torch.device("cpu"))
-    gen = torch.Generator().manual_seed(0)
-    total = sum(SIZES) + VAL * len(SIZES)
-    x = torch.randn(total, 1, 8, 8, generator=gen, dtype=torch.float64)
+    federated = federated_section(ROUNDS_RUN, len(SIZES), EPOCHS, BATCH, LR, optimizer=optimizer)
+    personalise = personalise_section(P_EPOCHS, P_BATCH, PATIENCE, optimizer="sgd", lr=P_LR)
     # Learnable labels (3 classes by a fixed linear rule): validation improves.
-    rule = torch.randn(64, 3, generator=gen, dtype=torch.float64)
-    y = (x.flatten(1) @ rule).argmax(1)
-    starts = np.cumsum([0, *SIZES])
-    train = [np.arange(starts[i], starts[i + 1]) for i in range(len(SIZES))]
-    val = [sum(SIZES) + VAL * i + np.arange(VAL) for i in range(len(SIZES))]
-    k = len(SIZES)
-    clients = Clients(
-        torch.arange(k),
-        ClientData.from_indices(x, y, train),
-        ClientData.from_indices(x, y, val),
-        torch.tensor(opt_out or [False] * k),
-    )
-    return run, clients
-
-
-def _rows(data: ClientData, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = data.index[i, : int(data.n[i])]
-    return data.x[rows], data.y[rows]
-
-
-def _module(net: Network, params: Tensors) -> torch.nn.Module:
-    module = net.module().double()
-    module.load_state_dict(params)
-    return module
-
-
-def _grad(net: Network, params: Tensors, x: torch.Tensor, y: torch.Tensor) -> Tensors:
-    """The gradient of the mean NLL of the model ``params`` on (x, y)."""
-    module = _module(net, params)
-    names = [n for n, _ in module.named_parameters()]
-    grads = torch.autograd.grad(F.nll_loss(module(x), y), list(module.parameters()))
-    return dict(zip(names, grads, strict=True))
-
-
-def _loss(net: Network, params: Tensors, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float(F.nll_loss(_module(net, params)(x), y))
+    settings = {"federated": federated, "personalise": personalise}
+    return toy_problem(SIZES, VAL, settings, opt_out, teacher=(64, 3))
 
 
 def _mix(a: torch.Tensor, v: Tensors, w: Tensors) -> Tensors:
@@ -121,10 +68,10 @@ def _directions(
     """Algorithm 1's gradients on a batch, all at the values before the step: of f at
     ``w``; of f at the mixture of parameters vbar = a v + (1 - a) w in ``v``
     (a grad f(vbar)); and in alpha, <v - w, grad f(vbar)>."""
-    g_bar = _grad(net, _mix(a, v, w), x, y)
+    g_bar = nll_grad(net, _mix(a, v, w), x, y)
     g_alpha = sum(((v[n] - w[n]) * g_bar[n]).sum() for n in v)
     assert isinstance(g_alpha, torch.Tensor)
-    return _grad(net, w, x, y), {n: a * g for n, g in g_bar.items()}, g_alpha
+    return nll_grad(net, w, x, y), {n: a * g for n, g in g_bar.items()}, g_alpha
 
 
 def _sgd(params: Tensors, grads: Tensors, lr: float) -> Tensors:
@@ -155,16 +102,14 @@ def _paper(
         keys = rng.client_keys(run.seed, clients.ids, f"fedavg/round/{round_}")
         updates, new_state = [], []
         for i in range(k):
-            x, y = _rows(clients.train, i)
+            x, y = client_rows(clients.train, i)
             n = len(y)
             w = {m: p.clone() for m, p in server.items()}
             v = {m: p.clone() for m, p in state[i][0].items()}
             a = state[i][1]
             opt = torch.optim.Adam([*w.values(), *v.values()], lr=LR) if adam else None
             for epoch in range(EPOCHS):
-                order = batch_order(keys[i : i + 1], epoch, torch.tensor([n]), n)[0]
-                for s in range(math.ceil(n / BATCH)):
-                    idx = order[s * BATCH : (s + 1) * BATCH]
+                for idx in batches(keys[i], epoch, n, BATCH):
                     g_w, g_v, g_alpha = _directions(net, w, v, a, x[idx], y[idx])
                     if opt is None:
                         w, v = _sgd(w, g_w, LR), _sgd(v, g_v, LR)
@@ -184,7 +129,7 @@ def _paper(
         }
         loss = (
             sum(
-                _loss(net, _mix(a, v, server), *_rows(clients.val, i))
+                nll(net, _mix(a, v, server), *client_rows(clients.val, i))
                 for i, (v, a) in enumerate(state)
             )
             / k
@@ -203,21 +148,19 @@ def _personal_paper(
     loss (the best check kept)."""
     net = run.net
     assert isinstance(net, Network)
-    x, y = _rows(clients.train, i)
-    vx, vy = _rows(clients.val, i)
+    x, y = client_rows(clients.train, i)
+    vx, vy = client_rows(clients.val, i)
     n = len(y)
     key = rng.client_keys(run.seed, clients.ids[i : i + 1], "apfl/personalise")
     v, a = dict(w), torch.tensor(options.alpha, dtype=torch.float64)
-    best, best_loss, wait = (v, a), _loss(net, _mix(a, v, w), vx, vy), 0
+    best, best_loss, wait = (v, a), nll(net, _mix(a, v, w), vx, vy), 0
     for epoch in range(P_EPOCHS):
-        order = batch_order(key, epoch, torch.tensor([n]), n)[0]
-        for s in range(math.ceil(n / P_BATCH)):
-            idx = order[s * P_BATCH : (s + 1) * P_BATCH]
+        for idx in batches(key, epoch, n, P_BATCH):
             _, g_v, g_alpha = _directions(net, w, v, a, x[idx], y[idx])
             v = _sgd(v, g_v, P_LR)
             a = _alpha_step(a, g_alpha, options.alpha_lr or P_LR, options.adaptive)
 
-        loss = _loss(net, _mix(a, v, w), vx, vy)
+        loss = nll(net, _mix(a, v, w), vx, vy)
         if loss < best_loss:
             best, best_loss, wait = (v, a), loss, 0
         else:
@@ -225,10 +168,6 @@ def _personal_paper(
             if wait >= PATIENCE:
                 break
     return best
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> None:
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -248,16 +187,16 @@ def test_rounds_equal_the_papers_algorithm(options: ApflOptions, optimizer: str)
     server, state = federate(run, method.federated, options, clients, "rounds")
     last, losses, best = _paper(run, clients, options, adam=optimizer == "adam")
     for name, p in last.items():
-        _close(server.params[name][0], p)
+        close(server.params[name][0], p)
     assert [r.val_loss for r in server.history] == pytest.approx(losses, abs=1e-9)
     # The best round's clients' v and alpha are kept (v is never replaced by the mix).
     assert state[ROUNDS].tolist() == [server.best_round + 1] * len(SIZES)
     for i, (mine, (v, a)) in enumerate(
         zip(unstack(unprefixed(state, PERSONAL)), best, strict=True)
     ):
-        _close(state[ALPHA][i], a)
+        close(state[ALPHA][i], a)
         for name, p in v.items():
-            _close(mine[name], p)
+            close(mine[name], p)
     if options.adaptive:
         assert (state[ALPHA] != options.alpha).all()
     else:
@@ -272,7 +211,7 @@ def test_the_global_model_is_fedavgs() -> None:
     server, _ = federate(run, apfl, options, clients, "rounds")
     reference, _ = federate(run, fedavg, None, clients, "rounds")
     for name, p in reference.params.items():
-        _close(server.params[name], p)
+        close(server.params[name], p)
 
 
 def test_opt_out_clients_train_v_and_alpha_against_the_final_global_model() -> None:
@@ -285,9 +224,9 @@ def test_opt_out_clients_train_v_and_alpha_against_the_final_global_model() -> N
     own = method.personalise(run, options, clients, {}, output)
     w = {n: p[0] for n, p in server.best_params.items()}
     v, a = _personal_paper(run, clients, 1, w, options)
-    _close(own.state[ALPHA][1], a)
+    close(own.state[ALPHA][1], a)
     for name, p in v.items():
-        _close(own.state[f"{PERSONAL}.{name}"][1], p)
+        close(own.state[f"{PERSONAL}.{name}"][1], p)
     # It stopped early (the best check kept); the opt-in clients keep what federation
     # left them.
     assert own.epochs is not None and own.epochs.tolist()[0] == 0
@@ -320,12 +259,7 @@ def test_state_carries_over_rounds_and_the_federation_resumes_exactly() -> None:
     method, options = Apfl(), ApflOptions()
     hooks = method.federated
     assert hooks is not None
-    saved: list[dict[str, Any]] = []
-
-    def keep(server: FederationServer, progress: dict[str, Any]) -> None:
-        saved.append(copy.deepcopy(progress))  # federate goes on updating its tensors
-
-    whole, whole_state = federate(run, hooks, options, clients, "rounds", None, keep)
+    whole, whole_state, saved = federate_saving(run, hooks, options, clients)
     # Round 2 from round 1's state differs from round 2 from a fresh state.
     server_1 = FederationServer(
         hooks.init(run, options, clients.device), np.arange(3), run.federation, 0
@@ -339,12 +273,8 @@ def test_state_carries_over_rounds_and_the_federation_resumes_exactly() -> None:
         if name != ROUNDS:
             assert not torch.equal(carried.state[name], fresh.state[name]), name
     resumed, resumed_state = federate(run, hooks, options, clients, "rounds", saved[0])
-    assert resumed.summary() == whole.summary()
-    for name, p in whole.params.items():
-        assert torch.equal(resumed.params[name], p)
-        assert torch.equal(resumed.best_params[name], whole.best_params[name])
-    for name, p in whole_state.items():
-        assert torch.equal(resumed_state[name], p)
+    assert_same_models(whole, resumed)
+    assert_same_state(whole_state, resumed_state)
 
 
 @pytest.mark.parametrize(
@@ -358,12 +288,8 @@ def test_state_carries_over_rounds_and_the_federation_resumes_exactly() -> None:
     ],
 )
 def test_bad_options_are_one_line_errors(section: dict[str, Any], match: str) -> None:
-    with pytest.raises(ConfigError, match=match) as err:
-        config.from_dict({"methods": ["apfl"], "method": {"apfl": section}})
-    assert "\n" not in str(err.value)
+    assert_one_line_config_error({"methods": ["apfl"], "method": {"apfl": section}}, match)
 
-
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 SMALL: dict[str, Any] = {
     "model": "mlp",
@@ -376,33 +302,14 @@ SMALL: dict[str, Any] = {
 }
 
 
-@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
+@needs_fashion
 def test_the_flower_app_runs_it_as_the_simulator_and_opt_out_nodes_send_nothing() -> None:
-    pytest.importorskip("flwr")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flower"))
-    from fakegrid import FakeGrid
-
-    from fedmoe.flower.config import FlowerOptions, run_config
-    from fedmoe.flower.server_app import run_federation
-
-    options = FlowerOptions(
-        round_timeout=1.0, personalise_timeout=1.0, join_timeout=1.0, poll_interval=0.01
-    )
-    cfg = config.from_dict(SMALL)
-    grid = FakeGrid(run_config(cfg, options))
-    try:
-        for i in range(cfg.partition.clients):
-            grid.add_node({"partition-id": i, "num-partitions": cfg.partition.clients})
-        flower = run_federation(grid, cfg, options)
-    finally:
-        grid.close()
-    embedded = run_experiment(cfg)
-    entry = embedded["methods"]["apfl"]
-    assert flower["methods"]["apfl"] == entry
-    opted_out = {c for c, o in enumerate(embedded["partition"]["opt_out"]) if o}
+    parity = flower_parity(SMALL)
+    entry = parity.embedded["methods"]["apfl"]
+    assert parity.flower["methods"]["apfl"] == entry
+    opted_out = parity.opted_out
     assert len(opted_out) == 1
-    rows = [r for r in flower["flower"]["audit"] if r["client"] in opted_out]
-    assert rows and all(r["arrays"] == 0 and r["array_bytes"] == 0 for r in rows)
+    parity.assert_opt_out_nodes_send_nothing()
     history = entry["federation"]["history"]
     assert all(not set(r["clients"]) & opted_out for r in history)
     # The opt-out client learned its own alpha after federation.

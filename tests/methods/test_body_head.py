@@ -9,23 +9,32 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from pfl_toys import (
+    NET,
+    Tensors,
+    assert_one_line_config_error,
+    assert_same_state,
+    blocks,
+    close,
+    flower_parity,
+    hook_rounds,
+    needs_fashion,
+    plain_train,
+    sgd_run,
+    toy_clients,
+    toy_examples,
+    weighted_mean,
+)
 
 from fedmoe import rng
-from fedmoe.engine import Classifier, ClientData, OptimizerConfig, batch_order, evaluate
-from fedmoe.errors import ConfigError
-from fedmoe.experiment import config
+from fedmoe.engine import Classifier, evaluate
 from fedmoe.experiment.federate import federate
-from fedmoe.experiment.prepare import run_spec
-from fedmoe.experiment.run import run_experiment
-from fedmoe.federation import Clients, FederationServer, State
+from fedmoe.federation import Clients, FederationServer
 from fedmoe.methods import RunSpec, registry
 from fedmoe.methods.base import Federated, federated_output
 from fedmoe.methods.fedbabu import FedBabu, FedBabuOptions, finetune_config
@@ -33,11 +42,8 @@ from fedmoe.methods.fedrep import FedRepOptions
 from fedmoe.methods.params import unprefixed
 from fedmoe.methods.personal import personal_model
 from fedmoe.methods.split import KEPT, ROUNDS, KeptPartMethod, KeptPartRounds, initial_model
-from fedmoe.models import Params, build_network, head_names
+from fedmoe.models import head_names
 
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-SHAPE = (1, 8, 8)
-NET = build_network("mlp", SHAPE, 10, dropout=0.0)
 HEAD_NAMES = set(head_names(NET))
 ALL_NAMES = {s.name for s in NET.param_specs()}
 BODY_NAMES = ALL_NAMES - HEAD_NAMES
@@ -50,7 +56,6 @@ OPTIONS: dict[str, Any] = {
     "fedrep": FedRepOptions(head_epochs=3, body_epochs=2),
     "fedbabu": FedBabuOptions(),
 }
-Tensors = dict[str, torch.Tensor]
 
 
 def _hooks(name: str) -> Federated:
@@ -63,134 +68,24 @@ def _problem(opt_out: list[bool] | None = None) -> tuple[Clients, torch.Tensor, 
     """Four clients of unequal sizes on random (1, 8, 8) inputs labelled by a random
     linear teacher of two pixels (training rows first, then as many validation rows per client);
     returns the clients and the raw examples."""
-    g = torch.Generator().manual_seed(0)
-    total = 2 * sum(SIZES)
-    x = torch.randn(total, *SHAPE, generator=g, dtype=torch.float64)
-    teacher = torch.randn(2, 10, generator=g, dtype=torch.float64)
-    y = (x.flatten(1)[:, :2] @ teacher).argmax(1)  # learnable: validation can improve
-    starts = np.cumsum([0, *SIZES])
-    train = [np.arange(starts[i], starts[i + 1]) for i in range(len(SIZES))]
-    val = [t + sum(SIZES) for t in train]
-    clients = Clients(
-        torch.arange(len(SIZES)),
-        ClientData.from_indices(x, y, train),
-        ClientData.from_indices(x, y, val),
-        torch.tensor(opt_out or [False] * len(SIZES)),
-    )
-    return clients, x, y
+    x, y = toy_examples(2 * sum(SIZES), teacher=(2, 10))  # learnable: validation can improve
+    return toy_clients(x, y, blocks(SIZES), blocks(SIZES, sum(SIZES)), opt_out), x, y
 
 
 def _rows(k: int, split: str = "train") -> np.ndarray:
-    start = int(np.sum(SIZES[:k])) + (sum(SIZES) if split == "val" else 0)
-    return np.arange(start, start + SIZES[k])
+    return blocks(SIZES, sum(SIZES) if split == "val" else 0)[k]
 
 
 def _run(**federated: Any) -> RunSpec:
-    settings = {
-        "rounds": 2,
-        "clients_per_round": len(SIZES),
-        "local_epochs": 2,
-        "batch_size": 5,
-        "optimizer": "sgd",
-        "lr": 5e-2,
-        "momentum": 0.5,
-        "early_stopping": False,
-    }
-    personalise = {
-        "epochs": 6,
-        "batch_size": 4,
-        "optimizer": "adam",
-        "lr": 1e-3,
-        "stopping": {"check_every": 1, "patience": 2, "min_delta": 0.0},
-    }
-    data = {"dtype": "float64", "federated": settings | federated, "personalise": personalise}
-    gate = build_network("mlp", SHAPE, 10, gate=True, dropout=0.0)
-    return run_spec(config.from_dict(data), NET, gate, SHAPE, 10, torch.device("cpu"))
-
-
-def _rounds(
-    run: RunSpec, hooks: Federated, options: Any, clients: Clients
-) -> list[tuple[Params, State]]:
-    """The server model and the clients' state after each round, through the hooks."""
-    server = hooks.init(run, options, clients.device)
-    state: State = hooks.init_client_state(run, options, clients)
-    history = []
-    for r in range(run.federation.rounds):
-        update = hooks.client_update(run, options, server, clients, r, state)
-        server = hooks.aggregate(server, update, clients.train.n)
-        state = update.state
-        history.append((server, state))
-    return history
+    return sgd_run(2, len(SIZES), 1e-3, federated)
 
 
 # A plain PyTorch reading of the papers: one nn.Module per client, torch.optim, the
 # engine's batch order (the same per-client keys), explicit loops.
 
 
-def _optimizer(params: list[torch.nn.Parameter], o: OptimizerConfig) -> torch.optim.Optimizer:
-    if o.name == "adam":
-        return torch.optim.Adam(
-            params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
-        )
-    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-
-
-def _val_loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float(F.nll_loss(module(x), y))
-
-
-def _sgd(
-    start: Tensors,
-    trainable: set[str],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    key: torch.Tensor,
-    epochs: int,
-    batch_size: int,
-    o: OptimizerConfig,
-    val: tuple[torch.Tensor, torch.Tensor, int, int] | None = None,
-) -> Tensors:
-    """Minimise the mean NLL over the ``trainable`` parameters only (the others frozen)
-    from ``start`` with a fresh optimiser; ``val`` (x, y, check_every, patience)
-    early-stops on the validation NLL and returns the best parameters."""
-    module = NET.module().double()
-    module.load_state_dict(start)
-    for name, p in module.named_parameters():
-        p.requires_grad_(name in trainable)
-    opt = _optimizer([p for n, p in module.named_parameters() if n in trainable], o)
-    n = len(y)
-    best, best_loss, wait = copy.deepcopy(module.state_dict()), math.inf, 0
-    if val is not None:
-        best_loss = _val_loss(module, val[0], val[1])
-    for epoch in range(epochs):
-        order = batch_order(key.reshape(1), epoch, torch.tensor([n]), n)[0]
-        for s in range(math.ceil(n / batch_size)):
-            idx = order[s * batch_size : (s + 1) * batch_size]
-            opt.zero_grad()
-            F.nll_loss(module(x[idx]), y[idx]).backward()
-            opt.step()
-        if val is not None and ((epoch + 1) % val[2] == 0 or epoch + 1 == epochs):
-            loss_now = _val_loss(module, val[0], val[1])
-            if loss_now < best_loss:
-                best, best_loss, wait = copy.deepcopy(module.state_dict()), loss_now, 0
-            else:
-                wait += 1
-                if wait >= val[3]:
-                    break
-    chosen = best if val is not None else module.state_dict()
-    return {n: p.detach().clone() for n, p in chosen.items()}
-
-
 def _only(params: Tensors, names: set[str]) -> Tensors:
     return {n: p for n, p in params.items() if n in names}
-
-
-def _mean(models: list[Tensors]) -> Tensors:
-    """The sample-weighted mean of the clients' ``models``."""
-    return {
-        n: sum(s * m[n] for s, m in zip(SIZES, models, strict=True)) / sum(SIZES) for n in models[0]
-    }
 
 
 def _keys(run: RunSpec, phase: str) -> torch.Tensor:
@@ -216,25 +111,23 @@ def _paper(
             xk, yk = x[_rows(k)], y[_rows(k)]
             if name in ("fedper", "lg-fedavg"):  # train everything jointly
                 keys = _keys(run, f"fedavg/round/{r}")
-                model = _sgd(shared | kept[k], ALL_NAMES, xk, yk, keys[k], local.epochs, b, o)
+                model = plain_train(shared | kept[k], xk, yk, keys[k], local.epochs, b, o)
             elif name == "fedrep":  # head epochs (body fixed), then body epochs (head fixed)
                 opts = OPTIONS[name]
                 head_keys = _keys(run, f"fedrep/head/round/{r}")
                 body_keys = _keys(run, f"fedrep/body/round/{r}")
-                h = _sgd(shared | kept[k], HEAD_NAMES, xk, yk, head_keys[k], opts.head_epochs, b, o)
-                model = _sgd(h, BODY_NAMES, xk, yk, body_keys[k], opts.body_epochs, b, o)
+                start = shared | kept[k]
+                h = plain_train(start, xk, yk, head_keys[k], opts.head_epochs, b, o, HEAD_NAMES)
+                model = plain_train(h, xk, yk, body_keys[k], opts.body_epochs, b, o, BODY_NAMES)
             else:  # FedBABU: the body only, the head frozen at its initialisation
                 keys = _keys(run, f"fedbabu/round/{r}")
-                model = _sgd(shared | kept[k], BODY_NAMES, xk, yk, keys[k], local.epochs, b, o)
+                start = shared | kept[k]
+                model = plain_train(start, xk, yk, keys[k], local.epochs, b, o, BODY_NAMES)
             sent.append(_only(model, set(shared)))
             kept[k] = _only(model, kept_names)
-        shared = _mean(sent)
+        shared = weighted_mean(sent, SIZES)
         history.append((shared, copy.deepcopy(kept)))
     return history
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> None:
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", ["fedper", "fedrep", "lg-fedavg", "fedbabu"])
@@ -244,11 +137,11 @@ def test_the_hooks_equal_the_papers_algorithm_written_as_a_plain_loop(name: str)
     hooks, options = _hooks(name), OPTIONS[name]
     init = {n: p[0] for n, p in initial_model(run, clients.device).items()}
     expected = _paper(name, run, init, x, y)
-    got = _rounds(run, hooks, options, clients)
+    got = hook_rounds(run, hooks, options, clients)
     for r, ((server, state), (shared, kept)) in enumerate(zip(got, expected, strict=True)):
         assert set(server) == set(shared)  # the server holds exactly the shared part
         for n, p in shared.items():
-            _close(server[n][0], p)
+            close(server[n][0], p)
         if name == "fedbabu":
             assert state == {}
             continue
@@ -257,7 +150,7 @@ def test_the_hooks_equal_the_papers_algorithm_written_as_a_plain_loop(name: str)
         assert set(mine) == set(kept[0])
         for k in range(len(SIZES)):
             for n, p in kept[k].items():
-                _close(mine[n][k], p)
+                close(mine[n][k], p)
     # FedBABU: every client fine-tunes the whole model after federation.
     if name == "fedbabu":
         body = {n: p.unsqueeze(0) for n, p in expected[-1][0].items()}
@@ -270,22 +163,22 @@ def test_the_hooks_equal_the_papers_algorithm_written_as_a_plain_loop(name: str)
             val = (x[_rows(k, "val")], y[_rows(k, "val")], 1, p.early_stopping.patience)
             start = expected[-1][0] | _only(init, HEAD_NAMES)
             xk, yk = x[_rows(k)], y[_rows(k)]
-            tuned = _sgd(
-                start, ALL_NAMES, xk, yk, keys[k], p.epochs, p.batch_size, p.optimizer, val
+            tuned = plain_train(
+                start, xk, yk, keys[k], p.epochs, p.batch_size, p.optimizer, val=val
             )
             for n, t in tuned.items():
-                _close(models[n][k], t)
+                close(models[n][k], t)
 
 
 @pytest.mark.parametrize("name", ["fedper", "lg-fedavg"])
 def test_the_kept_part_is_what_sets_fedper_and_lg_fedavg_apart_from_fedavg(name: str) -> None:
     clients, *_ = _problem()
     run = _run()
-    fedavg = _rounds(run, _hooks("fedavg"), None, clients)
-    mine = _rounds(run, _hooks(name), None, clients)
+    fedavg = hook_rounds(run, _hooks("fedavg"), None, clients)
+    mine = hook_rounds(run, _hooks(name), None, clients)
     # Round 1 trains what FedAvg trains (one initial model, FedAvg's streams) ...
     for n, p in mine[0][0].items():
-        _close(p, fedavg[0][0][n])
+        close(p, fedavg[0][0][n])
     kept = unprefixed(mine[0][1], KEPT)
     assert set(kept) == ALL_NAMES - KEPT_PART[name]
     # ... but each client keeps its own part, so round 2 starts elsewhere.
@@ -298,8 +191,8 @@ def test_fedrep_head_epochs_matter_and_zero_keeps_the_initial_heads() -> None:
     run = _run()
     hooks = _hooks("fedrep")
     init = hooks.init_client_state(run, None, clients)
-    with_heads = _rounds(run, hooks, FedRepOptions(head_epochs=2, body_epochs=1), clients)[-1]
-    no_heads = _rounds(run, hooks, FedRepOptions(head_epochs=0, body_epochs=1), clients)[-1]
+    with_heads = hook_rounds(run, hooks, FedRepOptions(head_epochs=2, body_epochs=1), clients)[-1]
+    no_heads = hook_rounds(run, hooks, FedRepOptions(head_epochs=0, body_epochs=1), clients)[-1]
     for n, p in unprefixed(no_heads[1], KEPT).items():
         assert torch.equal(p, unprefixed(init, KEPT)[n])
     assert any(not torch.allclose(p, no_heads[0][n], atol=1e-6) for n, p in with_heads[0].items())
@@ -310,8 +203,8 @@ def test_fedbabu_freezes_the_head_in_federation_and_fine_tunes_it_after() -> Non
     clients, *_ = _problem([False, True, False, False])
     run = _run()
     hooks, options = _hooks("fedbabu"), FedBabuOptions()
-    fedavg = _rounds(run, _hooks("fedavg"), None, clients)[0][0]
-    server = _rounds(run, hooks, options, clients)[0][0]
+    fedavg = hook_rounds(run, _hooks("fedavg"), None, clients)[0][0]
+    server = hook_rounds(run, hooks, options, clients)[0][0]
     assert set(server) == BODY_NAMES
     assert any(not torch.allclose(p, fedavg[n], atol=1e-6) for n, p in server.items())
     # Validation scores the global body under the initial head, for every client alike.
@@ -381,10 +274,11 @@ def test_clients_whose_kept_part_never_trained_train_it_after_federation(name: s
         val = (x[_rows(k, "val")], y[_rows(k, "val")], 1, p.early_stopping.patience)
         start = shared | {n: t[k] for n, t in kept.items()}
         xk, yk = x[_rows(k)], y[_rows(k)]
-        trained = _sgd(start, set(kept), xk, yk, keys[k], p.epochs, p.batch_size, p.optimizer, val)
+        o = p.optimizer
+        trained = plain_train(start, xk, yk, keys[k], p.epochs, p.batch_size, o, set(kept), val=val)
         moved.append(any(not torch.equal(trained[n], start[n]) for n in kept))
         for n, t in trained.items():
-            _close(models[n][k], t)
+            close(models[n][k], t)
     assert any(moved)
     ev_out = method.evaluate(run, None, out, {}, clients.val)
     torch.testing.assert_close(
@@ -433,15 +327,13 @@ def test_state_carries_over_rounds_and_a_kill_and_resume_gives_the_same_results(
     resumed, resumed_best = federate(run, hooks, options, clients, "rounds", saved[0])
     assert resumed.summary() == whole.summary()
     assert set(resumed_best) == set(whole_best)
-    for k, v in whole_best.items():
-        assert torch.equal(resumed_best[k], v), k
+    assert_same_state(whole_best, resumed_best)
     method = registry.get(name)
     outs = [
         method.personalise(run, options, clients, {}, federated_output(s.best_params, {}, b))
         for s, b in ((whole, whole_best), (resumed, resumed_best))
     ]
-    for k, v in outs[0].state.items():
-        assert torch.equal(outs[1].state[k], v), k
+    assert_same_state(outs[0].state, outs[1].state)
 
 
 SMALL: dict[str, Any] = {
@@ -455,30 +347,11 @@ SMALL: dict[str, Any] = {
 }
 
 
-@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
+@needs_fashion
 def test_the_flower_app_equals_the_simulator_and_opt_out_nodes_send_nothing() -> None:
-    pytest.importorskip("flwr")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flower"))
-    from fakegrid import FakeGrid
-
-    from fedmoe.flower.config import FlowerOptions, run_config
-    from fedmoe.flower.server_app import run_federation
-
-    options = FlowerOptions(
-        round_timeout=1.0, personalise_timeout=1.0, join_timeout=1.0, poll_interval=0.01
-    )
-    cfg = config.from_dict(SMALL)
-    grid = FakeGrid(run_config(cfg, options))
-    threads = torch.get_num_threads()
-    try:
-        for i in range(cfg.partition.clients):
-            grid.add_node({"partition-id": i, "num-partitions": cfg.partition.clients})
-        flower = run_federation(grid, cfg, options)
-    finally:
-        grid.close()
-        torch.set_num_threads(threads)
-    embedded = run_experiment(cfg)
-    opted_out = {c for c, o in enumerate(embedded["partition"]["opt_out"]) if o}
+    parity = flower_parity(SMALL, restore_threads=True)
+    cfg, flower, embedded = parity.cfg, parity.flower, parity.embedded
+    opted_out = parity.opted_out
     assert len(opted_out) == 2
     for name in cfg.methods:
         assert flower["methods"][name] == embedded["methods"][name], name
@@ -489,9 +362,8 @@ def test_the_flower_app_equals_the_simulator_and_opt_out_nodes_send_nothing() ->
             assert all((entry["epochs"][c] > 0) == (c in after) for c in range(5))
         else:  # every client fine-tuned
             assert all(e > 0 for e in entry["epochs"])
+    parity.assert_opt_out_nodes_send_nothing()
     audit = flower["flower"]["audit"]
-    from_opt_out = [row for row in audit if row["client"] in opted_out]
-    assert from_opt_out and all(r["arrays"] == 0 and r["array_bytes"] == 0 for r in from_opt_out)
     # Opt-in nodes send the federated part, and only it: 4 body tensors, 2 head tensors.
     sent = {
         name: {r["arrays"] for r in audit if r["phase"] == name and r["message_type"] == "train"}
@@ -517,6 +389,4 @@ def test_the_flower_app_equals_the_simulator_and_opt_out_nodes_send_nothing() ->
 def test_bad_options_are_one_line_config_errors(
     name: str, options: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(ConfigError, match=message) as err:
-        config.from_dict({"methods": [name], "method": {name: options}})
-    assert "\n" not in str(err.value)
+    assert_one_line_config_error({"methods": [name], "method": {name: options}}, message)

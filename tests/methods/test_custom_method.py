@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,20 +12,19 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
+from pfl_toys import flower_parity, needs_fashion
 
 from fedmoe.cli import main
 from fedmoe.engine import ClientData
 from fedmoe.engine.evaluate import batches
 from fedmoe.errors import ConfigError
 from fedmoe.experiment import config
-from fedmoe.experiment.run import run_experiment
 from fedmoe.federation import Clients
 from fedmoe.methods import Evaluated, GateValues, Method, Output, RunSpec, register, registry
 from fedmoe.methods.base import global_model
 from fedmoe.methods.personal import personal_model
 
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
+pytestmark = needs_fashion
 
 
 @dataclass(frozen=True)
@@ -136,26 +134,9 @@ def test_a_method_defined_in_a_test_runs_through_fedmoe_run(tmp_path: Path) -> N
 
 
 def test_a_method_defined_in_a_test_runs_on_the_flower_app_as_in_the_simulator() -> None:
-    pytest.importorskip("flwr")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flower"))
-    from fakegrid import FakeGrid
-
-    from fedmoe.flower.config import FlowerOptions, run_config
-    from fedmoe.flower.server_app import run_federation
-
-    options = FlowerOptions(
-        round_timeout=1.0, personalise_timeout=1.0, join_timeout=1.0, poll_interval=0.01
-    )
-    cfg = config.from_dict(SMALL)
-    grid = FakeGrid(run_config(cfg, options))
-    try:
-        for i in range(cfg.partition.clients):
-            grid.add_node({"partition-id": i, "num-partitions": cfg.partition.clients})
-        flower = run_federation(grid, cfg, options)
-    finally:
-        grid.close()
-    embedded = run_experiment(cfg)
+    parity = flower_parity(SMALL)
+    flower, embedded = parity.flower, parity.embedded
     _check(flower)
-    for name in cfg.methods:
+    for name in parity.cfg.methods:
         for key in ("local_test", "global_test", "gate", "epochs"):
             assert flower["methods"][name].get(key) == embedded["methods"][name].get(key), name

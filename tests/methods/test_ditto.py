@@ -8,35 +8,40 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from pfl_toys import (
+    NET,
+    assert_one_line_config_error,
+    assert_same_state,
+    blocks,
+    federate_saving,
+    flower_parity,
+    hook_rounds,
+    needs_fashion,
+    plain_train,
+    sgd_run,
+    toy_clients,
+    toy_examples,
+    weighted_mean,
+)
 
 from fedmoe import rng
-from fedmoe.engine import Classifier, ClientData, OptimizerConfig, batch_order, evaluate
-from fedmoe.errors import ConfigError
-from fedmoe.experiment import config
+from fedmoe.engine import Classifier, evaluate
 from fedmoe.experiment.federate import federate
-from fedmoe.experiment.prepare import run_spec
-from fedmoe.experiment.run import run_experiment
-from fedmoe.federation import Clients, FederationServer, State
+from fedmoe.federation import Clients
 from fedmoe.methods import RunSpec
-from fedmoe.methods.base import Federated, federated_output, global_model
+from fedmoe.methods.base import federated_output, global_model
 from fedmoe.methods.ditto import PERSONAL, ROUNDS, Ditto, DittoOptions, personal_config
 from fedmoe.methods.fedavg import FedAvg
 from fedmoe.methods.params import unprefixed
 from fedmoe.methods.personal import personal_model
-from fedmoe.models import Params, build_network
+from fedmoe.models import Params
 
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-SHAPE = (1, 8, 8)
-NET = build_network("mlp", SHAPE, 10, dropout=0.0)
 SIZES = [12, 17, 9, 15]
 HOOKS = Ditto.federated
 assert HOOKS is not None
@@ -49,126 +54,19 @@ def _problem(
     then the same number of validation rows per client, or the training rows again with
     ``val_is_train``: a validation loss that keeps improving); returns the clients and
     the raw examples."""
-    g = torch.Generator().manual_seed(0)
-    total = 2 * sum(SIZES)
-    x = torch.randn(total, *SHAPE, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 10, (total,), generator=g)
-    starts = np.cumsum([0, *SIZES])
-    train = [np.arange(starts[i], starts[i + 1]) for i in range(len(SIZES))]
-    val = train if val_is_train else [t + sum(SIZES) for t in train]
-    clients = Clients(
-        torch.arange(len(SIZES)),
-        ClientData.from_indices(x, y, train),
-        ClientData.from_indices(x, y, val),
-        torch.tensor(opt_out or [False] * len(SIZES)),
-    )
-    return clients, x, y
+    x, y = toy_examples(2 * sum(SIZES))
+    train = blocks(SIZES)
+    val = train if val_is_train else blocks(SIZES, sum(SIZES))
+    return toy_clients(x, y, train, val, opt_out), x, y
 
 
 def _rows(k: int) -> np.ndarray:
     """Client k's training rows."""
-    start = int(np.sum(SIZES[:k]))
-    return np.arange(start, start + SIZES[k])
+    return blocks(SIZES)[k]
 
 
 def _run(**federated: Any) -> RunSpec:
-    settings = {
-        "rounds": 3,
-        "clients_per_round": len(SIZES),
-        "local_epochs": 2,
-        "batch_size": 5,
-        "optimizer": "sgd",
-        "lr": 5e-2,
-        "momentum": 0.5,
-        "early_stopping": False,
-    }
-    personalise = {
-        "epochs": 6,
-        "batch_size": 4,
-        "optimizer": "adam",
-        "lr": 1e-2,
-        "stopping": {"check_every": 1, "patience": 2, "min_delta": 0.0},
-    }
-    data = {"dtype": "float64", "federated": settings | federated, "personalise": personalise}
-    gate = build_network("mlp", SHAPE, 10, gate=True, dropout=0.0)
-    return run_spec(config.from_dict(data), NET, gate, SHAPE, 10, torch.device("cpu"))
-
-
-def _rounds(
-    run: RunSpec, hooks: Federated, options: Any, clients: Clients
-) -> list[tuple[Params, State]]:
-    """The server model and the clients' state after each round, through the hooks."""
-    server = hooks.init(run, options, clients.device)
-    state: State = hooks.init_client_state(run, options, clients)
-    history = []
-    for r in range(run.federation.rounds):
-        update = hooks.client_update(run, options, server, clients, r, state)
-        server = hooks.aggregate(server, update, clients.train.n)
-        state = update.state
-        history.append((server, state))
-    return history
-
-
-def _optimizer(module: torch.nn.Module, o: OptimizerConfig) -> torch.optim.Optimizer:
-    if o.name == "adam":
-        return torch.optim.Adam(
-            module.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
-        )
-    return torch.optim.SGD(
-        module.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
-    )
-
-
-def _val_loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float(F.nll_loss(module(x), y))
-
-
-def _solve(
-    start: dict[str, torch.Tensor],
-    anchor: dict[str, torch.Tensor] | None,
-    lam: float,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    key: torch.Tensor,
-    epochs: int,
-    batch_size: int,
-    o: OptimizerConfig,
-    val: tuple[torch.Tensor, torch.Tensor, int, int] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Minimise mean NLL (+ lam/2 ||theta - anchor||^2 if ``anchor``) from ``start``
-    with a fresh optimiser, in the engine's batch order; ``val`` (x, y, check_every,
-    patience) early-stops on the validation NLL and returns the best parameters."""
-    module = NET.module().double()
-    module.load_state_dict(start)
-    opt = _optimizer(module, o)
-    n = len(y)
-    best, best_loss, wait = copy.deepcopy(module.state_dict()), math.inf, 0
-    if val is not None:
-        best_loss = _val_loss(module, val[0], val[1])
-    for epoch in range(epochs):
-        order = batch_order(key.reshape(1), epoch, torch.tensor([n]), n)[0]
-        for s in range(math.ceil(n / batch_size)):
-            idx = order[s * batch_size : (s + 1) * batch_size]
-            opt.zero_grad()
-            loss = F.nll_loss(module(x[idx]), y[idx])
-            if anchor is not None:
-                loss = loss + lam / 2 * sum(
-                    ((p - anchor[name]) ** 2).sum() for name, p in module.named_parameters()
-                )
-            loss.backward()
-            opt.step()
-        if val is not None and ((epoch + 1) % val[2] == 0 or epoch + 1 == epochs):
-            loss_now = _val_loss(module, val[0], val[1])
-            if loss_now < best_loss:
-                best, best_loss, wait = copy.deepcopy(module.state_dict()), loss_now, 0
-            else:
-                wait += 1
-                if wait >= val[3]:
-                    break
-    if val is not None:
-        return best
-    return {n: p.detach().clone() for n, p in module.state_dict().items()}
+    return sgd_run(3, len(SIZES), 1e-2, federated)
 
 
 def _paper_ditto(
@@ -195,13 +93,9 @@ def _paper_ditto(
         for k in range(len(SIZES)):
             xk, yk = x[_rows(k)], y[_rows(k)]
             o, b = local.optimizer, local.batch_size
-            trained.append(_solve(w, None, 0.0, xk, yk, w_keys[k], local.epochs, b, o))
-            v[k] = _solve(v[k], w, lam, xk, yk, v_keys[k], personal_epochs, b, o)
-        w = {
-            n: torch.stack([s * t[n] for s, t in zip(SIZES, trained, strict=True)]).sum(0)
-            / sum(SIZES)
-            for n in w
-        }
+            trained.append(plain_train(w, xk, yk, w_keys[k], local.epochs, b, o))
+            v[k] = plain_train(v[k], xk, yk, v_keys[k], personal_epochs, b, o, anchor=w, lam=lam)
+        w = weighted_mean(trained, SIZES)
         history.append((w, copy.deepcopy(v)))
     return history
 
@@ -212,7 +106,7 @@ def test_ditto_equals_the_papers_algorithm_written_as_a_plain_loop() -> None:
     options = DittoOptions(lam=0.5, personal_epochs=3)
     init = {n: p[0] for n, p in HOOKS.init(run, options, clients.device).items()}
     expected = _paper_ditto(run, init, x, y, options.lam, options.personal_epochs)
-    got = _rounds(run, HOOKS, options, clients)
+    got = hook_rounds(run, HOOKS, options, clients)
     for r, ((server, state), (w, v)) in enumerate(zip(got, expected, strict=True)):
         personal = unprefixed(state, PERSONAL)
         assert state[ROUNDS].tolist() == [r + 1] * len(SIZES)
@@ -263,17 +157,17 @@ def test_clients_whose_personal_model_never_trained_get_one_from_the_final_globa
             continue
         val = (x[_rows(k)], y[_rows(k)], 1, settings.early_stopping.patience)
         xk, yk = x[_rows(k)], y[_rows(k)]
-        v = _solve(
+        v = plain_train(
             w,
-            w,
-            options.lam,
             xk,
             yk,
             keys[k],
             settings.epochs,
             settings.batch_size,
             settings.optimizer,
-            val,
+            anchor=w,
+            lam=options.lam,
+            val=val,
         )
         for name, tensor in v.items():
             torch.testing.assert_close(models[name][k], tensor, rtol=0, atol=1e-9)
@@ -292,9 +186,9 @@ def test_lambda_moves_the_personal_models_while_the_global_model_stays_fedavgs()
     run = _run(rounds=2)
     fedavg = FedAvg.federated
     assert fedavg is not None
-    plain = _rounds(run, fedavg, None, clients)[-1][0]
-    free_server, free = _rounds(run, HOOKS, DittoOptions(lam=0.0), clients)[-1]
-    held_server, held = _rounds(run, HOOKS, DittoOptions(lam=2.0), clients)[-1]
+    plain = hook_rounds(run, fedavg, None, clients)[-1][0]
+    free_server, free = hook_rounds(run, HOOKS, DittoOptions(lam=0.0), clients)[-1]
+    held_server, held = hook_rounds(run, HOOKS, DittoOptions(lam=2.0), clients)[-1]
     for name in plain:
         assert torch.equal(free_server[name], plain[name])
         assert torch.equal(held_server[name], plain[name])
@@ -327,24 +221,16 @@ def test_personal_models_carry_over_rounds_and_a_resume_gives_the_same_results()
 
     # Kill after round 1 and resume from what was saved: the same server, state, output.
     whole, whole_best = federate(run, HOOKS, options, clients, "rounds")
-    saved: list[dict[str, Any]] = []
-
-    def keep(server: FederationServer, progress: dict[str, Any]) -> None:
-        if server.next_round == 1:
-            saved.append(copy.deepcopy(progress))
-
-    federate(run, HOOKS, options, clients, "rounds", None, keep)
+    saved = federate_saving(run, HOOKS, options, clients)[2]
     resumed, resumed_best = federate(run, HOOKS, options, clients, "rounds", saved[0])
     assert resumed.summary() == whole.summary()
     assert set(resumed_best) == set(whole_best)
-    for k, v in whole_best.items():
-        assert torch.equal(resumed_best[k], v), k
+    assert_same_state(whole_best, resumed_best)
     outs = [
         Ditto().personalise(run, options, clients, {}, federated_output(s.best_params, {}, b))
         for s, b in ((whole, whole_best), (resumed, resumed_best))
     ]
-    for k, v in outs[0].state.items():
-        assert torch.equal(outs[1].state[k], v), k
+    assert_same_state(outs[0].state, outs[1].state)
 
 
 SMALL: dict[str, Any] = {
@@ -358,39 +244,18 @@ SMALL: dict[str, Any] = {
 }
 
 
-@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
+@needs_fashion
 def test_ditto_on_the_flower_app_equals_the_simulator_and_opt_out_nodes_send_nothing() -> None:
-    pytest.importorskip("flwr")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flower"))
-    from fakegrid import FakeGrid
-
-    from fedmoe.flower.config import FlowerOptions, run_config
-    from fedmoe.flower.server_app import run_federation
-
-    options = FlowerOptions(
-        round_timeout=1.0, personalise_timeout=1.0, join_timeout=1.0, poll_interval=0.01
-    )
-    cfg = config.from_dict(SMALL)
-    grid = FakeGrid(run_config(cfg, options))
-    threads = torch.get_num_threads()
-    try:
-        for i in range(cfg.partition.clients):
-            grid.add_node({"partition-id": i, "num-partitions": cfg.partition.clients})
-        flower = run_federation(grid, cfg, options)
-    finally:
-        grid.close()
-        torch.set_num_threads(threads)
-    embedded = run_experiment(cfg)
-    assert flower["methods"]["ditto"] == embedded["methods"]["ditto"]
-    entry = embedded["methods"]["ditto"]
-    opted_out = {c for c, o in enumerate(embedded["partition"]["opt_out"]) if o}
+    parity = flower_parity(SMALL, restore_threads=True)
+    assert parity.flower["methods"]["ditto"] == parity.embedded["methods"]["ditto"]
+    entry = parity.embedded["methods"]["ditto"]
+    opted_out = parity.opted_out
     assert len(opted_out) == 2
     # Opt-out clients never trained in federation: their v was trained afterwards.
     after = set(entry["details"]["personalised_after_federation"])
     assert opted_out <= after
     assert all((entry["epochs"][c] > 0) == (c in after) for c in range(5))
-    audit = [row for row in flower["flower"]["audit"] if row["client"] in opted_out]
-    assert audit and all(row["arrays"] == 0 and row["array_bytes"] == 0 for row in audit)
+    parity.assert_opt_out_nodes_send_nothing()
 
 
 @pytest.mark.parametrize(
@@ -403,7 +268,5 @@ def test_ditto_on_the_flower_app_equals_the_simulator_and_opt_out_nodes_send_not
     ],
 )
 def test_bad_options_are_one_line_config_errors(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError, match=message) as err:
-        config.from_dict({"methods": ["ditto"], "method": {"ditto": options}})
-    assert "\n" not in str(err.value)
+    assert_one_line_config_error({"methods": ["ditto"], "method": {"ditto": options}}, message)
     assert replace(DittoOptions(), lam=0.5).lam == 0.5 and DittoOptions().lam == 0.1

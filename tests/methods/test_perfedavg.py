@@ -6,27 +6,31 @@ are one-line errors."""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from pfl_toys import (
+    assert_one_line_config_error,
+    assert_same_models,
+    batches,
+    client_rows,
+    federate_saving,
+    federated_section,
+    flower_parity,
+    load,
+    needs_fashion,
+    toy_problem,
+)
 
 from fedmoe import rng
-from fedmoe.engine import ClientData, batch_order
-from fedmoe.errors import ConfigError
-from fedmoe.experiment import config
 from fedmoe.experiment.federate import federate
-from fedmoe.experiment.prepare import run_spec
-from fedmoe.experiment.run import run_experiment
-from fedmoe.federation import Clients, FederationServer
+from fedmoe.federation import Clients
 from fedmoe.methods.base import RunSpec, federated_output
 from fedmoe.methods.perfedavg import PerFedAvg, PerFedAvgOptions
 from fedmoe.methods.personal import personal_model
-from fedmoe.models import Model, build_network, unstack
+from fedmoe.models import Model, unstack
 
 SIZES = [13, 10, 17]
 VAL = 6
@@ -39,47 +43,8 @@ EPOCHS = 2
 def _problem() -> tuple[RunSpec, Clients]:
     """Three clients of unequal sizes (with 2B = 6, their last batches leave D' with
     one, two and no examples), every client in every round, float64, no dropout."""
-    net = build_network("mlp", (1, 8, 8), 10, dropout=0.0)
-    cfg = config.from_dict(
-        {
-            "dtype": "float64",
-            "federated": {
-                "rounds": ROUNDS,
-                "clients_per_round": len(SIZES),
-                "local_epochs": EPOCHS,
-                "batch_size": BATCH,
-                "lr": LR,
-                "early_stopping": False,
-            },
-        }
-    )
-    run = run_spec(cfg, net, net.as_gate(1), (1, 8, 8), 10, torch.device("cpu"))
-    gen = torch.Generator().manual_seed(0)
-    total = sum(SIZES) + VAL * len(SIZES)
-    x = torch.randn(total, 1, 8, 8, generator=gen, dtype=torch.float64)
-    y = torch.randint(0, 10, (total,), generator=gen)
-    starts = np.cumsum([0, *SIZES])
-    train = [np.arange(starts[i], starts[i + 1]) for i in range(len(SIZES))]
-    val = [sum(SIZES) + VAL * i + np.arange(VAL) for i in range(len(SIZES))]
-    k = len(SIZES)
-    clients = Clients(
-        torch.arange(k),
-        ClientData.from_indices(x, y, train),
-        ClientData.from_indices(x, y, val),
-        torch.zeros(k, dtype=torch.bool),
-    )
-    return run, clients
-
-
-def _rows(data: ClientData, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = data.index[i, : int(data.n[i])]
-    return data.x[rows], data.y[rows]
-
-
-def _load(net: Model, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    module = net.module().double()
-    module.load_state_dict(state)
-    return module
+    federated = federated_section(ROUNDS, len(SIZES), EPOCHS, BATCH, LR)
+    return toy_problem(SIZES, VAL, {"federated": federated})
 
 
 def _sgd_step(
@@ -96,7 +61,7 @@ def _adapt(
     net: Model, state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, alpha: float
 ) -> torch.nn.Module:
     """One gradient step of size alpha on the whole training set (the personalisation)."""
-    module = _load(net, state)
+    module = load(net, state)
     _sgd_step(module, x, y, alpha, module)
     return module
 
@@ -119,17 +84,15 @@ def _paper(
         keys = rng.client_keys(run.seed, clients.ids, f"per-fedavg/round/{round_}")
         updates = []
         for i in range(len(SIZES)):
-            x, y = _rows(clients.train, i)
+            x, y = client_rows(clients.train, i)
             n = len(y)
-            module = _load(net, server)
+            module = load(net, server)
             for epoch in range(EPOCHS):
-                order = batch_order(keys[i : i + 1], epoch, torch.tensor([n]), n)[0]
-                for s in range(math.ceil(n / (2 * BATCH))):
-                    idx = order[s * 2 * BATCH : (s + 1) * 2 * BATCH]
+                for idx in batches(keys[i], epoch, n, 2 * BATCH):
                     d, d2 = idx[:BATCH], idx[BATCH:]
                     if len(d2) == 0:
                         continue  # no D': no meta-gradient
-                    temp = _load(net, module.state_dict())
+                    temp = load(net, module.state_dict())
                     _sgd_step(temp, x[d], y[d], alpha, temp)
                     _sgd_step(module, x[d2], y[d2], beta, temp)
             updates.append(module.state_dict())
@@ -139,8 +102,8 @@ def _paper(
         }
         loss = 0.0
         for i in range(len(SIZES)):
-            adapted = _adapt(net, server, *_rows(clients.train, i), alpha)
-            vx, vy = _rows(clients.val, i)
+            adapted = _adapt(net, server, *client_rows(clients.train, i), alpha)
+            vx, vy = client_rows(clients.val, i)
             with torch.no_grad():
                 loss += float(F.nll_loss(adapted(vx), vy)) / len(SIZES)
         losses.append(loss)
@@ -167,7 +130,7 @@ def test_rounds_and_personalisation_equal_the_papers_first_order_algorithm(alpha
     output = federated_output(server.best_params, server.summary(), state)
     personal = personal_model(method.personalise(run, options, clients, {}, output))
     for i, mine in enumerate(unstack(personal)):
-        expected = _adapt(run.net, best, *_rows(clients.train, i), step).state_dict()
+        expected = _adapt(run.net, best, *client_rows(clients.train, i), step).state_dict()
         for name, p in expected.items():
             torch.testing.assert_close(mine[name], p, rtol=0, atol=1e-9)
 
@@ -198,18 +161,9 @@ def test_the_federation_resumes_exactly() -> None:
     method, options = PerFedAvg(), PerFedAvgOptions(beta=0.1)
     assert method.federated is not None
     whole, _ = federate(run, method.federated, options, clients, "rounds")
-    saved: list[dict[str, Any]] = []
-
-    def keep(server: FederationServer, progress: dict[str, Any]) -> None:
-        if server.next_round == 1:
-            saved.append(progress)
-
-    federate(run, method.federated, options, clients, "rounds", None, keep)
+    saved = federate_saving(run, method.federated, options, clients)[2]
     resumed, _ = federate(run, method.federated, options, clients, "rounds", saved[0])
-    assert resumed.summary() == whole.summary()
-    for name, p in whole.params.items():
-        assert torch.equal(resumed.params[name], p)
-        assert torch.equal(resumed.best_params[name], whole.best_params[name])
+    assert_same_models(whole, resumed)
 
 
 @pytest.mark.parametrize(
@@ -223,12 +177,10 @@ def test_the_federation_resumes_exactly() -> None:
     ],
 )
 def test_bad_options_are_one_line_errors(section: dict[str, Any], match: str) -> None:
-    with pytest.raises(ConfigError, match=match) as err:
-        config.from_dict({"methods": ["per-fedavg"], "method": {"per-fedavg": section}})
-    assert "\n" not in str(err.value)
+    assert_one_line_config_error(
+        {"methods": ["per-fedavg"], "method": {"per-fedavg": section}}, match
+    )
 
-
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 SMALL: dict[str, Any] = {
     "model": "mlp",
@@ -240,32 +192,14 @@ SMALL: dict[str, Any] = {
 }
 
 
-@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
+@needs_fashion
 def test_the_flower_app_runs_it_as_the_simulator_and_opt_out_nodes_send_nothing() -> None:
-    pytest.importorskip("flwr")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flower"))
-    from fakegrid import FakeGrid
-
-    from fedmoe.flower.config import FlowerOptions, run_config
-    from fedmoe.flower.server_app import run_federation
-
-    options = FlowerOptions(
-        round_timeout=1.0, personalise_timeout=1.0, join_timeout=1.0, poll_interval=0.01
-    )
-    cfg = config.from_dict(SMALL)
-    grid = FakeGrid(run_config(cfg, options))
-    try:
-        for i in range(cfg.partition.clients):
-            grid.add_node({"partition-id": i, "num-partitions": cfg.partition.clients})
-        flower = run_federation(grid, cfg, options)
-    finally:
-        grid.close()
-    embedded = run_experiment(cfg)
+    parity = flower_parity(SMALL)
+    embedded = parity.embedded
     # Accuracies, the federation's history (validation of the adapted models), epochs.
-    assert flower["methods"]["per-fedavg"] == embedded["methods"]["per-fedavg"]
-    opted_out = {c for c, o in enumerate(embedded["partition"]["opt_out"]) if o}
+    assert parity.flower["methods"]["per-fedavg"] == embedded["methods"]["per-fedavg"]
+    opted_out = parity.opted_out
     assert len(opted_out) == 1
-    rows = [r for r in flower["flower"]["audit"] if r["client"] in opted_out]
-    assert rows and all(r["arrays"] == 0 and r["array_bytes"] == 0 for r in rows)
+    parity.assert_opt_out_nodes_send_nothing()
     history = embedded["methods"]["per-fedavg"]["federation"]["history"]
     assert all(not set(r["clients"]) & opted_out for r in history)

@@ -7,28 +7,35 @@ errors."""
 from __future__ import annotations
 
 import copy
-import math
-import sys
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from pfl_toys import (
+    assert_one_line_config_error,
+    batches,
+    blocks,
+    client_index,
+    client_rows,
+    flower_parity,
+    load,
+    needs_fashion,
+    personalise_section,
+    toy_clients,
+    toy_run,
+)
 
 from fedmoe import rng
 from fedmoe.data.holdout import held_out_count
 from fedmoe.engine import Classifier, ClientData, batch_order, train
 from fedmoe.errors import ConfigError
 from fedmoe.experiment import config
-from fedmoe.experiment.prepare import run_spec
-from fedmoe.experiment.run import run_experiment
 from fedmoe.federation import Clients
 from fedmoe.methods.base import Output, RunSpec, federated_output
 from fedmoe.methods.params import broadcast, unprefixed
 from fedmoe.methods.pfl_moe import PflMoe, PflMoeOptions, init_gate, split_for_gate
-from fedmoe.models import Model, build_network, unstack
+from fedmoe.models import unstack
 
 SIZES = [13, 10, 17]
 VAL = 7
@@ -37,19 +44,7 @@ OPTIONS = PflMoeOptions(lr=0.05, epochs=8)
 
 def _problem(opt_out: list[bool] | None = None) -> tuple[RunSpec, Clients, dict[str, Output]]:
     """Three clients of unequal sizes, float64, no dropout, and a global model."""
-    net = build_network("mlp", (1, 8, 8), 10, dropout=0.0)
-    cfg = config.from_dict(
-        {
-            "dtype": "float64",
-            "personalise": {
-                "epochs": 4,
-                "batch_size": 4,
-                "lr": 1e-2,
-                "stopping": {"check_every": 1, "patience": 2, "min_delta": 0.0},
-            },
-        }
-    )
-    run = run_spec(cfg, net, net.as_gate(1), (1, 8, 8), 10, torch.device("cpu"))
+    run = toy_run({"personalise": personalise_section(4, 4, 2, lr=1e-2)})
     # Client i sees classes 2i and 2i + 1, each input near its class's centre: a
     # fine-tuned copy soon beats the global model there, so the gate has work to do.
     gen = torch.Generator().manual_seed(1)
@@ -62,22 +57,10 @@ def _problem(opt_out: list[bool] | None = None) -> tuple[RunSpec, Clients, dict[
     )
     centres = torch.randn(10, 1, 8, 8, generator=gen, dtype=torch.float64)
     x = centres[y] + 0.5 * torch.randn(len(y), 1, 8, 8, generator=gen, dtype=torch.float64)
-    starts = np.cumsum([0, *SIZES])
-    train_rows = [np.arange(starts[i], starts[i + 1]) for i in range(len(SIZES))]
-    val_rows = [sum(SIZES) + VAL * i + np.arange(VAL) for i in range(len(SIZES))]
-    k = len(SIZES)
-    clients = Clients(
-        torch.arange(k),
-        ClientData.from_indices(x, y, train_rows),
-        ClientData.from_indices(x, y, val_rows),
-        torch.tensor(opt_out or [False] * k),
-    )
-    glob = net.init(5, torch.tensor([0]), "test/global", torch.float64)
+    val_rows = blocks([VAL] * len(SIZES), sum(SIZES))
+    clients = toy_clients(x, y, blocks(SIZES), val_rows, opt_out)
+    glob = run.net.init(5, torch.tensor([0]), "test/global", torch.float64)
     return run, clients, {"fedavg": federated_output(glob, {}, {})}
-
-
-def _rows(data: ClientData, i: int) -> torch.Tensor:
-    return data.index[i, : int(data.n[i])]
 
 
 def test_the_gate_quarter_is_held_out_from_fine_tuning() -> None:
@@ -85,14 +68,14 @@ def test_the_gate_quarter_is_held_out_from_fine_tuning() -> None:
     keys = clients.keys(run.seed, "pfl-moe/split")
     fit, held = split_for_gate(clients.train, keys, 0.25)
     for i, n in enumerate(SIZES):
-        tuned, gated = set(_rows(fit, i).tolist()), set(_rows(held, i).tolist())
+        tuned, gated = set(client_index(fit, i).tolist()), set(client_index(held, i).tolist())
         assert not tuned & gated
-        assert tuned | gated == set(_rows(clients.train, i).tolist())
+        assert tuned | gated == set(client_index(clients.train, i).tolist())
         assert len(gated) == held_out_count(n, 0.25)
     # A client splits the same alone (a Flower node) as in a cohort.
     one = torch.tensor([2])
     _, alone = split_for_gate(clients.train.select(one), keys[one], 0.25)
-    assert torch.equal(_rows(alone, 0), _rows(held, 2))
+    assert torch.equal(client_index(alone, 0), client_index(held, 2))
     # The personal expert is FT on the rest only, early stopped on validation.
     out = PflMoe().personalise(run, OPTIONS, clients, inputs, None)
     start = broadcast(unprefixed(inputs["fedavg"].state, "global"), len(SIZES))
@@ -108,12 +91,6 @@ def test_the_gate_quarter_is_held_out_from_fine_tuning() -> None:
         assert torch.equal(out.state[f"specialist.{name}"], p)
 
 
-def _load(net: Model, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    module = net.module().double()
-    module.load_state_dict(state)
-    return module.eval()
-
-
 def _paper_gate(
     run: RunSpec,
     options: PflMoeOptions,
@@ -127,13 +104,13 @@ def _paper_gate(
     flattened input), softmax(g z_personal + (1 - g) z_global), Adam, early stopped on
     the validation loss (fedmoe's stopping rule)."""
     net = run.net
-    specialist, shared = _load(net, personal), _load(net, glob)
-    rows = _rows(clients.train, i)
+    specialist, shared = load(net, personal).eval(), load(net, glob).eval()
+    rows = client_index(clients.train, i)
     split_key = rng.client_keys(run.seed, clients.ids[i : i + 1], "pfl-moe/split")
     order = batch_order(split_key, 0, torch.tensor([len(rows)]), len(rows))[0]
     held = rows[order[: held_out_count(len(rows), options.gate_fraction)]]
     x, y = clients.train.x[held], clients.train.y[held]
-    vx, vy = clients.val.x[_rows(clients.val, i)], clients.val.y[_rows(clients.val, i)]
+    vx, vy = client_rows(clients.val, i)
     width = run.net.feature_size if options.gate_input == "features" else x[0].numel()
     gate = torch.nn.Linear(width, 1).double()
     init = init_gate(run.seed, clients.ids[i : i + 1], width, torch.float64, torch.device("cpu"))
@@ -158,9 +135,7 @@ def _paper_gate(
     key = rng.client_keys(run.seed, clients.ids[i : i + 1], "pfl-moe/gate")
     best, best_loss, wait = copy.deepcopy(gate.state_dict()), val_loss(), 0
     for epoch in range(options.epochs):
-        order = batch_order(key, epoch, torch.tensor([len(y)]), len(y))[0]
-        for s in range(math.ceil(len(y) / bs)):
-            idx = order[s * bs : (s + 1) * bs]
+        for idx in batches(key, epoch, len(y), bs):
             opt.zero_grad()
             F.nll_loss(mixture(x[idx]), y[idx]).backward()
             opt.step()
@@ -203,8 +178,8 @@ def test_the_gate_equals_the_papers_gate_trained_on_the_held_out_quarter(gate_in
     assert bool(((ev.gate.g > 0) & (ev.gate.g < 1)).all())
     for i, mine in enumerate(unstack(personal)):
         gate = _paper_gate(run, options, clients, mine, unstack(glob)[0], i)
-        specialist, shared = _load(run.net, mine), _load(run.net, unstack(glob)[0])
-        vx, vy = clients.val.x[_rows(clients.val, i)], clients.val.y[_rows(clients.val, i)]
+        specialist, shared = load(run.net, mine).eval(), load(run.net, unstack(glob)[0]).eval()
+        vx, vy = client_rows(clients.val, i)
         with torch.no_grad():
             flat = vx.flatten(1)
             hidden = F.relu(shared.fc2(F.relu(shared.fc1(flat))))  # type: ignore[operator]
@@ -235,7 +210,7 @@ def test_opt_out_clients_get_the_same_and_the_global_test_set_is_scored() -> Non
     own = method.evaluate(run, OPTIONS, a, inputs, clients.val)
     assert own.gate is not None
     for i in range(len(SIZES)):
-        rows = _rows(clients.val, i)
+        rows = client_index(clients.val, i)
         torch.testing.assert_close(ev.gate.g[i, rows], own.gate.g[i], rtol=0, atol=1e-12)
 
 
@@ -250,14 +225,12 @@ def test_opt_out_clients_get_the_same_and_the_global_test_set_is_scored() -> Non
     ],
 )
 def test_bad_options_are_one_line_errors(section: dict[str, Any], match: str) -> None:
-    with pytest.raises(ConfigError, match=match) as err:
-        config.from_dict({"methods": ["fedavg", "pfl-moe"], "method": {"pfl-moe": section}})
-    assert "\n" not in str(err.value)
+    assert_one_line_config_error(
+        {"methods": ["fedavg", "pfl-moe"], "method": {"pfl-moe": section}}, match
+    )
     with pytest.raises(ConfigError, match="needs 'fedavg'"):
         config.from_dict({"methods": ["pfl-moe"]})
 
-
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 SMALL: dict[str, Any] = {
     "model": "mlp",
@@ -270,36 +243,17 @@ SMALL: dict[str, Any] = {
 }
 
 
-@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
+@needs_fashion
 def test_the_flower_app_runs_it_as_the_simulator_and_opt_out_nodes_send_nothing() -> None:
-    pytest.importorskip("flwr")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flower"))
-    from fakegrid import FakeGrid
-
-    from fedmoe.flower.config import FlowerOptions, run_config
-    from fedmoe.flower.server_app import run_federation
-
-    options = FlowerOptions(
-        round_timeout=1.0, personalise_timeout=1.0, join_timeout=1.0, poll_interval=0.01
-    )
-    cfg = config.from_dict(SMALL)
-    grid = FakeGrid(run_config(cfg, options))
-    try:
-        for i in range(cfg.partition.clients):
-            grid.add_node({"partition-id": i, "num-partitions": cfg.partition.clients})
-        flower = run_federation(grid, cfg, options)
-    finally:
-        grid.close()
-    embedded = run_experiment(cfg)
-    for name in cfg.methods:
-        assert flower["methods"][name] == embedded["methods"][name], name
+    parity = flower_parity(SMALL)
+    embedded = parity.embedded
+    for name in parity.cfg.methods:
+        assert parity.flower["methods"][name] == embedded["methods"][name], name
     entry = embedded["methods"]["pfl-moe"]
     assert entry["baselines"] == {
         "local_test": ["finetune", "local"],
         "global_test": ["fedavg", "finetune"],
     }
     assert len(entry["gate"]["local_test"]["all"]) == 4
-    opted_out = {c for c, o in enumerate(embedded["partition"]["opt_out"]) if o}
-    assert len(opted_out) == 1
-    rows = [r for r in flower["flower"]["audit"] if r["client"] in opted_out]
-    assert rows and all(r["arrays"] == 0 and r["array_bytes"] == 0 for r in rows)
+    assert len(parity.opted_out) == 1
+    parity.assert_opt_out_nodes_send_nothing()
