@@ -147,6 +147,7 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Is
 def subprocess_env(tmp_path: Path) -> dict[str, str]:
     """os.environ without FEDMOE_* but with an empty system root and cache."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDMOE_")}
+    env["FEDMOE_WORKERS"] = "1"  # no worker processes for these small runs
     for name, variable in (("system", "FEDMOE_SYSTEM_DATA"), ("cache", "FEDMOE_CACHE")):
         (tmp_path / name).mkdir(exist_ok=True)
         env[variable] = str(tmp_path / name)

@@ -7,6 +7,7 @@ Every user error (bad argument, file, config) ends as one line on stderr,
 from __future__ import annotations
 
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -197,21 +198,60 @@ def partition_cmd(
 Threads = Annotated[
     int | None,
     typer.Option(
-        help="Torch threads for this process (default: torch's choice); with several "
-        "processes on one machine give each 1."
+        help="Torch threads for this process (default: the cores free now, measured at "
+        "start); with several processes on one machine give each 1."
+    ),
+]
+
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        help="Worker processes (one torch thread each) that split the clients of the "
+        "personalisation and evaluation stages, with the same results as one process "
+        "(default: $FEDMOE_WORKERS, else the cores free now; 1: no workers)."
     ),
 ]
 
 
-def _set_threads(threads: int | None) -> None:
-    """Apply ``--threads`` (refusing a count below 1)."""
-    if threads is None:
-        return
-    if threads < 1:
+def _set_threads(threads: int | None, free: int | None = None) -> None:
+    """Apply ``--threads`` (refusing a count below 1); without it, ``free`` cores."""
+    if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
+    chosen = threads if threads is not None else free
+    if chosen is None:
+        return
     import torch
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(chosen)
+
+
+def _workers(workers: int | None, free: int) -> int:
+    """``--workers``, else ``$FEDMOE_WORKERS``, else ``free``."""
+    if workers is None:
+        env = os.environ.get("FEDMOE_WORKERS", "")
+        if env:
+            try:
+                workers = int(env)
+            except ValueError:
+                raise ConfigError(f"FEDMOE_WORKERS must be a whole number, got {env!r}") from None
+        else:
+            workers = free
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    return workers
+
+
+def _free_cores() -> int:
+    """The cores free now; says so when other work holds some of them."""
+    from fedmoe import cores
+
+    free, allowed = cores.free(), len(cores.allowed())
+    if free < allowed:
+        console.print(
+            f"[dim]fedmoe: {free} of {allowed} cores free (other processes hold the rest); "
+            f"threads and workers sized to {free}[/dim]"
+        )
+    return free
 
 
 @app.command("run")
@@ -229,9 +269,11 @@ def run_cmd(
         Path | None, typer.Option(help="Finish the interrupted run in this directory.")
     ] = None,
     threads: Threads = None,
+    workers: Workers = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Run the configured methods (default: FedAvg, Local, FT and MoE) on every client."""
+    from fedmoe.engine import parallel
     from fedmoe.experiment import rundir
     from fedmoe.experiment.results import results_table
     from fedmoe.experiment.run import run_experiment
@@ -242,8 +284,12 @@ def run_cmd(
             "--resume DIR takes the run's own config; drop --config/--preset/--set/--out"
         )
     cfg = None if resume is not None else _config(config, preset, set_ or [])
-    _set_threads(threads)
-    with progress_bars(console, enabled=not quiet) as bars:
+    free = _free_cores() if threads is None or workers is None else 1
+    _set_threads(threads, free)
+    with (
+        progress_bars(console, enabled=not quiet) as bars,
+        parallel.workers(_workers(workers, free)),
+    ):
         if resume is not None:
             results = rundir.resume(resume, bars)
         elif out is not None:
@@ -287,10 +333,18 @@ def sweep_cmd(
     ] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per cell (base seed + 0, 1, ...).")] = 1,
     threads: Threads = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes per run for its personalisation and evaluation (as for "
+            "'fedmoe run'); default 1, since sweeps run side by side as processes."
+        ),
+    ] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Run a grid of configs x seeds; finished runs are skipped, interrupted ones resume.
     Several workers may share one --out: each skips the runs another is running."""
+    from fedmoe.engine import parallel
     from fedmoe.experiment import config as cfgmod
     from fedmoe.experiment.presets import compose
     from fedmoe.progress import progress_bars
@@ -300,8 +354,8 @@ def sweep_cmd(
     user = cfgmod.load(config) if config is not None else {}
     base = compose(preset, user, set_ or [])
     axes = [parse_axis(item) for item in grid]
-    _set_threads(threads)
-    with progress_bars(console, enabled=not quiet) as bars:
+    _set_threads(threads, _free_cores() if threads is None else None)
+    with progress_bars(console, enabled=not quiet) as bars, parallel.workers(_workers(workers, 1)):
         path = run_sweep(base, axes, seeds, out, bars, log=console.print)
     console.print(f"sweep table written to {path}")
     console.print(f"report written to {write_report(out)}")

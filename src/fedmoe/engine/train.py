@@ -16,12 +16,13 @@ cohort or how a large population is chunked into cohorts.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from fedmoe import rng
+from fedmoe.engine import parallel
 from fedmoe.engine.cohort import ClientData
 from fedmoe.engine.evaluate import EVAL_EXAMPLES, evaluate
 from fedmoe.engine.objective import (
@@ -104,33 +105,50 @@ def train(
     (int64 ``(K,)`` per-client random keys); ``val`` is required for early stopping.
     ``fixed`` holds per-client parameters the objective reads but that are not trained
     (stacked like ``params``, names disjoint from them). Cohorts larger than
-    ``cfg.max_cohort`` are trained chunk by chunk."""
+    ``cfg.max_cohort`` are trained chunk by chunk, and split over the worker processes
+    of :func:`fedmoe.engine.parallel.using` when a pool is in use (same results)."""
     if cfg.early_stopping is not None and val is None:
         raise ValueError("early stopping needs validation data")
     k = data.num_clients
     fixed = fixed or {}
-    if k <= cfg.max_cohort:
+    pool = parallel.active()
+    pieces = parallel.pieces(k, cfg.max_cohort, pool)
+    if pieces == 1:
         return _train_cohort(objective, params, fixed, data, cfg, keys, val, progress)
-    parts = []
-    for start in range(0, k, cfg.max_cohort):
-        idx = torch.arange(start, min(start + cfg.max_cohort, k), device=keys.device)
-        parts.append(
-            _train_cohort(
-                objective,
-                _rows(params, idx),
-                _rows(fixed, idx),
-                data.select(idx),
-                cfg,
-                keys[idx],
-                None if val is None else val.select(idx),
-                progress,
-            )
-        )
+    calls = []
+    for chunk, idx in enumerate(parallel.chunks(k, pieces)):
+        idx = idx.to(keys.device)
+        part_val = None if val is None else val.select(idx)
+        part = (_rows(params, idx), _rows(fixed, idx), data.select(idx), cfg, keys[idx], part_val)
+        calls.append((chunk, objective, *part))
+    if pool is not None and pool.can_send(objective):
+
+        def show(reports: Sequence[parallel.Report]) -> None:
+            if progress is not None:
+                progress(max(r[1] for r in reports), sum(r[2] for r in reports))
+
+        parts = pool.map(_train_chunk, calls, show)
+    else:
+        parts = [_train_cohort(*call[1:], progress) for call in calls]
     return TrainResult(
         {n: torch.cat([r.params[n] for r in parts]) for n in params},
         torch.cat([r.epochs for r in parts]),
         torch.cat([r.best_loss for r in parts]),
     )
+
+
+def _train_chunk(
+    chunk: int,
+    objective: Objective,
+    params: Params,
+    fixed: Params,
+    data: ClientData,
+    cfg: TrainConfig,
+    keys: torch.Tensor,
+    val: ClientData | None,
+) -> TrainResult:
+    """One chunk of a cohort, in a worker process (see :mod:`fedmoe.engine.parallel`)."""
+    return _train_cohort(objective, params, fixed, data, cfg, keys, val, parallel.report(chunk))
 
 
 def _rows(params: Params, index: torch.Tensor) -> Params:

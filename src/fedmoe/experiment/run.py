@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 import fedmoe
+from fedmoe.engine import parallel
 from fedmoe.experiment.checkpoint import Checkpoints
 from fedmoe.experiment.config import ExperimentConfig, to_dict
 from fedmoe.experiment.entries import SPLITS, Scores, method_entry
@@ -98,6 +99,9 @@ def run_experiment(
     with timer.phase("prepare"):
         prep = prepare(cfg)
     device = prep.train.x.device
+    # Clients are independent in personalisation and evaluation: the worker processes the
+    # caller opened (fedmoe.engine.parallel.workers) split them there, on the CPU.
+    on_cpu = device.type == "cpu"
     ds = prep.dataset
     run = run_spec(
         cfg,
@@ -135,9 +139,10 @@ def run_experiment(
             if saved is not None:
                 outputs[name] = Output.from_dict(saved)
             else:
-                outputs[name] = method.personalise(run, options, everyone, inputs, federated)
+                with parallel.engaged(on_cpu):
+                    outputs[name] = method.personalise(run, options, everyone, inputs, federated)
                 store.save(name, outputs[name].to_dict())
-    with timer.phase("evaluate"):
+    with timer.phase("evaluate"), parallel.engaged(on_cpu):
         methods = {name: _evaluate(run, cfg, name, outputs, prep) for name in cfg.methods}
     return {
         "format": 2,

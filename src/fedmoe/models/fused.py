@@ -163,15 +163,25 @@ class Network:
             h = x[0] if x.shape[0] == 1 else x.transpose(0, 1).reshape(b, -1, *x.shape[3:])
             # channels_last: oneDNN's grouped convolution and pooling are about twice as
             # fast in NHWC as in NCHW for these narrow layers (bench/, measured).
+            # oneDNN computes a lone model's convolution (groups=1) in another order than
+            # a group's, so a client's result would depend on whether it trains alone (a
+            # Flower node, the last client of a cohort, a worker's chunk): one model runs
+            # as a group of two copies, and every client gets the same arithmetic.
+            m = max(k, 2)
+            if k == 1:
+                h = torch.cat([h, h], 1)
             h = h.contiguous(memory_format=torch.channels_last)
             for c in self.convs:
                 w = params[f"{c.name}.weight"].reshape(k * c.out_ch, -1, c.kernel, c.kernel)
-                groups = k if h.shape[1] == k * c.in_ch else 1
-                h = F.conv2d(h, w, params[f"{c.name}.bias"].reshape(-1), groups=groups)
+                bias = params[f"{c.name}.bias"].reshape(-1)
+                if k == 1:
+                    w, bias = torch.cat([w, w]), torch.cat([bias, bias])
+                groups = m if h.shape[1] == m * c.in_ch else 1
+                h = F.conv2d(h, w, bias, groups=groups)
                 # relu(max_pool(h)) == max_pool(relu(h)) (relu is monotonic), with the
                 # ReLU and its backward on a quarter of the elements.
                 h = F.relu(F.max_pool2d(h, 2))
-            h = h.reshape(b, k, -1).transpose(0, 1)
+            h = h.reshape(b, m, -1)[:, :k].transpose(0, 1)
         else:
             h = x.reshape(x.shape[0], b, -1).expand(k, b, -1)
         for i, d in enumerate(self.denses[:-1]):
