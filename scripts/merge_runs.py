@@ -5,7 +5,8 @@ depend on which other methods share its run: running ``methods = [a, b]`` in one
 and ``[c, d]`` in another gives the entries of ``[a, b, c, d]``. This script checks that
 the runs' configs agree on everything but ``methods`` and the ``[method.*]`` sections,
 that a method present in several runs has the same entry in each, and writes one run
-directory with every method (in the order the runs list them) and each run's timing.
+directory with every method (in the order the runs list them), the runs' timing
+combined (``evaluate`` summed) and ``merged_from`` naming the runs.
 
     python scripts/merge_runs.py OUT RUN_DIR [RUN_DIR ...]
 """
@@ -38,7 +39,7 @@ def merge(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
     first = runs[0]
     methods: dict[str, Any] = {}
     sections: dict[str, Any] = {}
-    timing: dict[str, dict[str, float]] = {}
+    timing: dict[str, float] = {}
     for name, res in zip(names, runs, strict=True):
         if _rest(res["config"]) != _rest(first["config"]):
             raise SystemExit(f"merge_runs: {name}: its config differs from {names[0]}'s")
@@ -50,9 +51,19 @@ def merge(runs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
                 raise SystemExit(f"merge_runs: {name}: {method}'s entry differs from before")
             methods.setdefault(method, entry)
         sections.update(res["config"].get("method", {}))
-        timing[name] = res["timing_s"]
+        for phase, seconds in res["timing_s"].items():
+            timing[phase] = _combine(phase, timing.get(phase), seconds)
     config = dict(first["config"], methods=list(methods), method=sections)
-    return dict(first, config=config, methods=methods, timing_s=timing)
+    return dict(first, config=config, methods=methods, timing_s=timing, merged_from=names)
+
+
+def _combine(phase: str, before: float | None, seconds: float) -> float:
+    """Evaluation time adds up over the runs (each evaluated its own methods); a method
+    or ``prepare`` counts once, as the run that computed it (a stage restored from a
+    copied checkpoint takes ~0 s)."""
+    if before is None:
+        return seconds
+    return round(before + seconds, 3) if phase == "evaluate" else max(before, seconds)
 
 
 def _untimed(entry: dict[str, Any]) -> dict[str, Any]:
