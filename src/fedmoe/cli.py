@@ -241,12 +241,12 @@ def _workers(workers: int | None, free: int) -> int:
     return workers
 
 
-def _free_cores() -> int:
-    """The cores free now; says so when other work holds some of them."""
+def _free_cores(quiet: bool) -> int:
+    """The cores free now; says so (unless ``quiet``) when other work holds some."""
     from fedmoe import cores
 
     free, allowed = cores.free(), len(cores.allowed())
-    if free < allowed:
+    if free < allowed and not quiet:
         console.print(
             f"[dim]fedmoe: {free} of {allowed} cores free (other processes hold the rest); "
             f"threads and workers sized to {free}[/dim]"
@@ -284,7 +284,7 @@ def run_cmd(
             "--resume DIR takes the run's own config; drop --config/--preset/--set/--out"
         )
     cfg = None if resume is not None else _config(config, preset, set_ or [])
-    free = _free_cores() if threads is None or workers is None else 1
+    free = _free_cores(quiet) if threads is None or workers is None else 1
     _set_threads(threads, free)
     with (
         progress_bars(console, enabled=not quiet) as bars,
@@ -354,7 +354,7 @@ def sweep_cmd(
     user = cfgmod.load(config) if config is not None else {}
     base = compose(preset, user, set_ or [])
     axes = [parse_axis(item) for item in grid]
-    _set_threads(threads, _free_cores() if threads is None else None)
+    _set_threads(threads, _free_cores(quiet) if threads is None else None)
     with progress_bars(console, enabled=not quiet) as bars, parallel.workers(_workers(workers, 1)):
         path = run_sweep(base, axes, seeds, out, bars, log=console.print)
     console.print(f"sweep table written to {path}")

@@ -1,0 +1,69 @@
+"""Time whole `fedmoe run`s phase by phase, one variant after another on the same machine,
+and check that the variants give the same results.
+
+    python bench/run_phases.py --preset quick --variant "--threads 2 --workers 1" \
+        --variant "--threads 2 --workers 2" [--set key=value ...] [--out DIR]
+
+Each variant runs `fedmoe run --preset P --quiet --out DIR/<i>` in its own process. The
+table has the wall time of each run (process start to exit) and its `timing_s` phases
+(prepare, each method's federated phase and personalisation, evaluate), in seconds, and
+the ratio of each variant's wall time to the first's. Results (every method's entry)
+must be equal across variants, or the script says which differ and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _run(preset: str, sets: list[str], variant: str, out: Path) -> tuple[float, dict[str, Any]]:
+    cmd = [sys.executable, "-m", "fedmoe", "run", "--preset", preset, "--quiet", "--out", str(out)]
+    for item in sets:
+        cmd += ["--set", item]
+    cmd += shlex.split(variant)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    return wall, json.loads((out / "results.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="quick")
+    parser.add_argument("--variant", action="append", required=True)
+    parser.add_argument("--set", dest="sets", action="append", default=[])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-phases"))
+    args = parser.parse_args()
+    if args.out.exists() and any(args.out.iterdir()):
+        sys.exit(f"run_phases: {args.out} is not empty; choose another --out")
+    rows = []
+    for i, variant in enumerate(args.variant):
+        wall, results = _run(args.preset, args.sets, variant, args.out / str(i))
+        rows.append((variant, wall, results))
+        print(f"{variant}: {wall:.1f} s", file=sys.stderr)
+    phases = list(rows[0][2]["timing_s"])
+    print(f"preset `{args.preset}` {' '.join('--set ' + s for s in args.sets)}; "
+          f"load average at the end {os.getloadavg()[0]:.2f}\n")  # fmt: skip
+    print("| variant | wall (s) | ratio | " + " | ".join(phases) + " |")
+    print("|---|---:|---:|" + "---:|" * len(phases))
+    base = rows[0][1]
+    for variant, wall, results in rows:
+        cells = " | ".join(f"{results['timing_s'].get(p, 0.0):.1f}" for p in phases)
+        print(f"| `{variant}` | {wall:.1f} | {base / wall:.2f}x | {cells} |")
+    reference = rows[0][2]["methods"]
+    differ = [v for v, _, r in rows[1:] if r["methods"] != reference]
+    if differ:
+        sys.exit(f"run_phases: results differ from the first variant's for: {differ}")
+    print("\nEvery variant gave the same results (every method's entry equal).")
+
+
+if __name__ == "__main__":
+    main()
