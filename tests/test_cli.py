@@ -874,6 +874,17 @@ def test_bad_run_arguments(
     assert_user_error(cli("run", *args, "--quiet"), *parts)
 
 
+def test_bf16_mixed_on_a_cpu_without_native_bfloat16_is_one_line(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedmoe.engine import precision
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    result = cli("run", "--set", "dtype=bf16-mixed", "--out", tmp_path / "out", "--quiet")
+    assert_user_error(result, "dtype 'bf16-mixed'", "avx512_bf16", "use dtype=float32")
+
+
 # --------------------------------------------------------------------------------------
 # fedmoe data fetch from an unreachable mirror
 # --------------------------------------------------------------------------------------

@@ -340,6 +340,15 @@ def sweep_cmd(
             "'fedmoe run'); default 1, since sweeps run side by side as processes."
         ),
     ] = 1,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDRESS",
+            help="Run each run as a Ray task of one CPU: 'local' starts a Ray on this "
+            "machine's cores; else a cluster's address (auto, ray://HOST:10001), whose "
+            "nodes must all mount --out at the same path.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Run a grid of configs x seeds; finished runs are skipped, interrupted ones resume.
@@ -354,9 +363,11 @@ def sweep_cmd(
     user = cfgmod.load(config) if config is not None else {}
     base = compose(preset, user, set_ or [])
     axes = [parse_axis(item) for item in grid]
+    if ray is not None and workers != 1:
+        raise ConfigError("--workers is for local sweeps: on Ray each run is a one-CPU task")
     _set_threads(threads, _free_cores(quiet) if threads is None else None)
     with progress_bars(console, enabled=not quiet) as bars, parallel.workers(_workers(workers, 1)):
-        path = run_sweep(base, axes, seeds, out, bars, log=console.print)
+        path = run_sweep(base, axes, seeds, out, bars, log=console.print, ray=ray)
     console.print(f"sweep table written to {path}")
     console.print(f"report written to {write_report(out)}")
 

@@ -32,6 +32,7 @@ METHODS = [
 ]
 TINY: dict[str, Any] = {
     "methods": METHODS,
+    "data": {"global_test_examples": 500},
     "partition": {"clients": 4, "train": 20, "val": 20, "test": 10, "p": 0.8},
     "federated": {
         "rounds": 6,
@@ -89,7 +90,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _fedmoe(*args: str) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "fedmoe", "run", "--quiet", *args]
+    # One thread for all: the default follows the cores free at the time (load varies).
+    cmd = [sys.executable, "-m", "fedmoe", "run", "--quiet", "--threads", "1", *args]
     return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

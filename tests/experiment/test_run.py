@@ -53,6 +53,7 @@ ALL_METHODS: dict[str, Any] = {
 }
 
 SMALL: dict[str, Any] = {
+    "data": {"global_test_examples": 500},
     "partition": {"clients": 6, "train": 30, "val": 20, "test": 20, "p": 0.8, "opt_out": 0.5},
     "federated": {"rounds": 3, "clients_per_round": 2, "local_epochs": 1, "lr": 1e-3},
     "personalise": {"epochs": 4, "lr": 1e-3, "stopping": {"check_every": 2, "patience": 1}},

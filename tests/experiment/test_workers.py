@@ -16,6 +16,7 @@ from fedmoe.experiment.config import dumps_toml
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 CONFIG: dict[str, Any] = {
+    "data": {"global_test_examples": 500},
     "methods": ["fedavg", "local", "finetune", "moe", "ditto", "fedrep"],
     "partition": {"clients": 7, "train": 30, "val": 20, "test": 20, "p": 0.8, "opt_out": 0.3},
     "federated": {"rounds": 3, "clients_per_round": 2, "local_epochs": 1, "lr": 1e-3},

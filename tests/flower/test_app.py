@@ -21,8 +21,9 @@ from fakegrid import FakeGrid, FakeNode, honest
 from flwr.app import Array, ConfigRecord, Context, Message, RecordDict
 
 from fedmoe.data import load_dataset
-from fedmoe.errors import DataError
+from fedmoe.errors import ConfigError, DataError
 from fedmoe.experiment import config
+from fedmoe.experiment.prepare import prepare
 from fedmoe.experiment.run import run_experiment
 from fedmoe.flower.client_app import app as client_app
 from fedmoe.flower.config import FlowerOptions, NodeOptions, run_config
@@ -42,6 +43,7 @@ ALL = [*PAPER, "moe-staged", "moe-plus", "ifca", "moe-ifca"]
 
 SMALL: dict[str, Any] = {
     "model": "mlp",
+    "data": {"global_test_examples": 500},
     "partition": {"clients": 6, "train": 20, "val": 20, "test": 20, "opt_out": 0.34},
     "federated": {"rounds": 2, "clients_per_round": 3, "local_epochs": 1, "lr": 1e-3},
     "personalise": {"epochs": 4, "lr": 1e-3, "stopping": {"check_every": 2, "patience": 1}},
@@ -340,6 +342,46 @@ def test_a_client_whose_node_comes_back_before_personalisation_is_personalised_t
     assert not any(k.startswith(OUTPUT) for k in victim.context.state.array_records)
 
 
+def test_a_slow_starting_replacement_node_is_greeted_once_and_identified_when_it_answers(
+    make_grid: Any,
+) -> None:
+    # A restarted node's first ClientApp process can take longer than the rejoin wait
+    # to answer its hello (a loaded machine). Its hello is not sent again: the pending
+    # one is read while the others personalise, and the client is personalised there.
+    cfg = small(["fedavg", "local"], partition=ALL_IN, federated=EVERYONE)
+    options = FlowerOptions(
+        round_timeout=1.0,
+        personalise_timeout=3.0,
+        join_timeout=1.0,
+        rejoin_timeout=0.2,
+        poll_interval=0.01,
+    )
+    grid = make_grid(cfg)
+    victim = list(grid.nodes.values())[2]
+    replacement: list[FakeNode] = []
+
+    def dies_after_the_federated_rounds(msg: Message, context: Context) -> Message | None:
+        reply = honest(msg, context)
+        record = msg.content.config_records.get(ROUND)
+        if msg.metadata.message_type == "evaluate" and record is not None and record["round"] == 1:
+            victim.online = False
+            new = grid.add_node({"partition-id": 2, "num-partitions": 6})
+            new.delays = {"query.hello": 1.0}
+            replacement.append(new)
+        return reply
+
+    victim.behaviour = dies_after_the_federated_rounds
+    for node in grid.nodes.values():
+        if node is not victim:
+            node.delays = {"train.personalise": 1.5}
+    res = run_federation(grid, cfg, options)
+    assert replacement[0].received == ["query.hello", "train.personalise", "evaluate.personalise"]
+    assert res["clients"] == list(range(6))
+    assert res["flower"]["lost_clients"] == []
+    nodes = {n["client"]: n["node_id"] for n in res["flower"]["nodes"]}
+    assert nodes[2] == replacement[0].node_id
+
+
 def test_a_slow_personalise_reply_is_waited_for_even_from_a_suspect(make_grid: Any) -> None:
     cfg = small(["fedavg", "local", "finetune"], partition=ALL_IN, federated=EVERYONE)
     options = FlowerOptions(
@@ -454,6 +496,18 @@ def test_a_node_reads_its_own_local_data(tmp_path: Path) -> None:
     assert data.global_test.capacity == len(ds.y_test)
     with pytest.raises(DataError, match="local data lacks"):
         load_node_data(cfg, NodeOptions(1, 3, local_data=str(tmp_path / "nowhere")))
+
+
+def test_a_node_and_the_simulator_evaluate_on_the_same_global_test_examples() -> None:
+    cfg = config.from_dict({"partition": {"clients": 3}, "data": {"global_test_examples": 300}})
+    node = load_node_data(cfg, NodeOptions(1, 3)).global_test
+    simulated = prepare(cfg).global_test
+    assert node.capacity == simulated.capacity == 300
+    assert torch.equal(node.x, simulated.x) and torch.equal(node.y, simulated.y)
+    ds = load_dataset("fashion-mnist")
+    assert node.y.tolist() == ds.y_test[:300].tolist()
+    with pytest.raises(ConfigError, match="global_test_examples must be >= 0"):
+        config.from_dict({"data": {"global_test_examples": -1}})
 
 
 def test_a_run_nobody_fits_fails_with_the_nodes_reasons(make_grid: Any) -> None:

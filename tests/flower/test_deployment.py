@@ -39,6 +39,7 @@ def _run_config(clients: int, rounds: int, out: Path, round_timeout: float) -> s
     cfg = config.from_dict(
         {
             "model": "mlp",
+            "data": {"global_test_examples": 500},
             "partition": {"clients": clients, "train": 20, "val": 20, "test": 20},
             "federated": {
                 "rounds": rounds,
@@ -56,7 +57,7 @@ def _run_config(clients: int, rounds: int, out: Path, round_timeout: float) -> s
         personalise_timeout=240.0,
         join_timeout=120.0,
         # Client 1's node is killed for good: how long personalisation waits for it.
-        rejoin_timeout=10.0,
+        rejoin_timeout=20.0,
         poll_interval=0.2,
     )
     return run_config_args(run_config(cfg, options))

@@ -9,13 +9,14 @@ a SHA-256 of its train/val/test rows) and so must each federated method's schedu
 epochs and IFCA's choices.
 
 Tolerance on accuracies: 0.05 on a client's local-test accuracy (1 of its 20 examples)
-and 0.002 on its global-test accuracy (20 of 10,000 examples); validation losses to a
+and 0.002 on its global-test accuracy (2 of the global test set's first 1,000 examples,
+``data.global_test_examples``); validation losses to a
 relative 1e-4. Why: both runs follow the same random streams per client, so the only
 difference is float32 rounding of one-client kernels (Flower nodes train at K=1) versus
 batched cohort kernels (grouped convolutions): parameters differ by about 1e-7..1e-5
 after an epoch and validation losses by about 1e-8 (measured). That can flip a
 prediction only where the two top classes' log-probabilities are within about 1e-5 of
-each other, which a few of the 10,000 global-test examples may be and the 20 local ones
+each other, which a few of the 1,000 global-test examples may be and the 20 local ones
 practically never are. In practice the accuracies come out identical. Any real
 divergence (a wrong partition row, random key, normalisation, initialisation or
 aggregation weight) moves accuracies by far more and is caught by the exact checks.
@@ -51,6 +52,7 @@ CLIENTS = 10
 METHODS = ["fedavg", "local", "finetune", "moe", "moe-staged", "moe-plus", "ifca", "moe-ifca"]
 CONFIG: dict[str, Any] = {
     "methods": METHODS,
+    "data": {"global_test_examples": 1000},
     "partition": {"clients": CLIENTS, "train": 20, "val": 20, "test": 20, "opt_out": 0.2},
     "federated": {"rounds": 2, "clients_per_round": 4, "local_epochs": 2, "lr": 1e-3},
     "personalise": {"epochs": 4, "lr": 1e-3, "stopping": {"check_every": 2, "patience": 1}},

@@ -21,6 +21,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 #: A tiny config (format 2) of the default methods: the paper's four.
 TINY: dict[str, Any] = {
+    "data": {"global_test_examples": 500},
     "partition": {"clients": 4, "train": 20, "val": 20, "test": 10, "p": 0.8},
     "federated": {
         "rounds": 2,

@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 import torch
 import torch.multiprocessing as tmp
 
+from fedmoe.engine import precision
+
 log = logging.getLogger("fedmoe")
 
 T = TypeVar("T")
@@ -46,6 +48,12 @@ def _init_worker(reports: Any) -> None:
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
     _REPORTS = reports
+
+
+def _call(mixed: bool, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker, under the caller's bf16 autocast setting."""
+    with precision.mixed(mixed, torch.device("cpu")):
+        return fn(*args)
 
 
 def report(chunk: int) -> Callable[[int, int], None]:
@@ -103,7 +111,8 @@ class Workers:
         """``fn(*args)`` for each ``args`` of ``calls`` in the workers, results in order;
         ``progress`` sees every report as it arrives (the latest per chunk). A worker's
         exception is raised here."""
-        futures: list[Future[T]] = [self._pool.submit(fn, *args) for args in calls]
+        mixed = precision.on_cpu()
+        futures: list[Future[T]] = [self._pool.submit(_call, mixed, fn, *args) for args in calls]
         latest: dict[int, Report] = {}
         while not all(f.done() for f in futures):
             try:

@@ -24,7 +24,7 @@ from fedmoe.methods.builtin import DEFAULT_METHODS, FORMAT_ONE_KEYS
 
 Scheme = Literal["majority", "dirichlet", "iid", "shards", "natural"]
 OptName = Literal["adam", "sgd"]
-DType = Literal["float32", "float64"]
+DType = Literal["float32", "float64", "bf16-mixed"]
 
 
 def _check(ok: bool, message: str) -> None:
@@ -96,7 +96,9 @@ class DataSection:
     hold-out (the dataset's own split: it does not follow the run's ``seed``; the
     validation draw does). ``vocab_size``: text, how many of the most frequent training
     tokens the vocabulary keeps (besides padding, id 0, and unknown, id 1);
-    ``max_length``: tokens per text. The catalogue's datasets ignore this section.
+    ``max_length``: tokens per text. The catalogue's datasets ignore these.
+    ``global_test_examples``: evaluate on the global test set's first this many examples
+    (0: all of it), for quick looks and tests; published results use all of it.
     """
 
     label: str = "label"
@@ -106,6 +108,7 @@ class DataSection:
     split_seed: int = 0
     vocab_size: int = 20_000
     max_length: int = 64
+    global_test_examples: int = 0
 
     def validate(self, dataset: str, scheme: str) -> None:
         _check(bool(self.label.strip()), "data.label must name the label column")
@@ -119,6 +122,10 @@ class DataSection:
         _check(self.split_seed >= 0, f"data.split_seed must be >= 0, got {self.split_seed}")
         _check(self.vocab_size >= 1, f"data.vocab_size must be at least 1, got {self.vocab_size}")
         _check(self.max_length >= 1, f"data.max_length must be at least 1, got {self.max_length}")
+        _check(
+            self.global_test_examples >= 0,
+            f"data.global_test_examples must be >= 0, got {self.global_test_examples}",
+        )
         kind = userdata.parse_name(dataset)
         user = None if kind is None else kind.kind
         _check(

@@ -20,7 +20,7 @@ from fedmoe.data.partition import (
     Sizes,
     make_partition,
 )
-from fedmoe.engine import ClientData, EarlyStopping, OptimizerConfig, TrainConfig
+from fedmoe.engine import ClientData, EarlyStopping, OptimizerConfig, TrainConfig, precision
 from fedmoe.errors import ConfigError
 from fedmoe.experiment.config import (
     ExperimentConfig,
@@ -111,8 +111,20 @@ class Prepared:
 
 
 def torch_dtype(cfg: ExperimentConfig) -> torch.dtype:
-    """The floating-point dtype the config asks for."""
+    """The floating-point dtype of the parameters and data the config asks for (float32
+    for ``bf16-mixed``, whose products compute in bfloat16)."""
     return torch.float64 if cfg.dtype == "float64" else torch.float32
+
+
+def mixed_precision(cfg: ExperimentConfig, device: torch.device) -> bool:
+    """Whether the run computes in bf16 mixed precision (:mod:`fedmoe.engine.precision`);
+    a one-line ConfigError where ``device`` has no native bfloat16."""
+    if cfg.dtype != "bf16-mixed":
+        return False
+    why = precision.unsupported(device)
+    if why is not None:
+        raise ConfigError(f"dtype 'bf16-mixed': {why}; use dtype=float32")
+    return True
 
 
 def input_stats(ds: ArrayDataset) -> tuple[Stat, Stat]:
@@ -227,19 +239,29 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         train=ClientData.from_indices(x_train, y_train, part.split("train")),
         val=ClientData.from_indices(x_train, y_train, part.split("val")),
         test=ClientData.from_indices(x_test, y_test, part.split("test")),
-        global_test=global_test(ds, x_test, y_test, part.num_clients),
+        global_test=global_test(cfg, ds, x_test, y_test, part.num_clients),
         net=net,
         gate_net=gate_net,
         specialist_net=specialist_net,
     )
 
 
+def global_test_rows(cfg: ExperimentConfig, ds: ArrayDataset) -> np.ndarray:
+    """The rows of the test split that form the global test set (the first
+    ``data.global_test_examples`` of them when that is set)."""
+    return ds.global_test[: cfg.data.global_test_examples or None]
+
+
 def global_test(
-    ds: ArrayDataset, x_test: torch.Tensor, y_test: torch.Tensor, num_clients: int
+    cfg: ExperimentConfig,
+    ds: ArrayDataset,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    num_clients: int,
 ) -> ClientData:
-    """The global test set (``ds.global_test``'s rows of the test tensors) shared by
+    """The global test set (:func:`global_test_rows` of the test tensors) shared by
     ``num_clients`` clients."""
-    rows = ds.global_test
+    rows = global_test_rows(cfg, ds)
     if len(rows) == len(ds.y_test):
         return ClientData.common(x_test, y_test, num_clients)
     index = torch.tensor(rows, dtype=torch.int64, device=x_test.device)

@@ -21,12 +21,18 @@ import numpy as np
 import torch
 
 import fedmoe
-from fedmoe.engine import parallel
+from fedmoe.engine import parallel, precision
 from fedmoe.experiment.checkpoint import Checkpoints
 from fedmoe.experiment.config import ExperimentConfig, to_dict
 from fedmoe.experiment.entries import SPLITS, Scores, method_entry
 from fedmoe.experiment.federate import federate
-from fedmoe.experiment.prepare import Prepared, prepare, run_spec
+from fedmoe.experiment.prepare import (
+    Prepared,
+    mixed_precision,
+    prepare,
+    resolve_device,
+    run_spec,
+)
 from fedmoe.federation import Clients, FederationServer, RoundRecord
 from fedmoe.methods import registry
 from fedmoe.methods.base import Method, Output, ProgressFactory, RunSpec, federated_output
@@ -96,6 +102,7 @@ def run_experiment(
     excepted)."""
     store = Checkpoints(checkpoints)
     timer = _Timer()
+    mixed = mixed_precision(cfg, resolve_device(cfg.device))
     with timer.phase("prepare"):
         prep = prepare(cfg)
     device = prep.train.x.device
@@ -117,33 +124,36 @@ def run_experiment(
     everyone = Clients(
         torch.arange(k), prep.train, prep.val, torch.tensor(np.asarray(prep.partition.opt_out))
     )
-    outputs: dict[str, Output] = {}
-    first_federated = True
-    for name in cfg.methods:
-        method, options = registry.get(name), cfg.options(name)
-        with timer.phase(name):
-            federated = None
-            if method.federated is not None:
-                federated = _federated(
-                    run,
-                    method,
-                    options,
-                    everyone,
-                    store,
-                    cfg.federated.checkpoint_every,
-                    on_round if first_federated else None,
-                )
-                first_federated = False
-            inputs = {n: outputs[n] for n in method.needs}
-            saved = store.load(name)
-            if saved is not None:
-                outputs[name] = Output.from_dict(saved)
-            else:
-                with parallel.engaged(on_cpu):
-                    outputs[name] = method.personalise(run, options, everyone, inputs, federated)
-                store.save(name, outputs[name].to_dict())
-    with timer.phase("evaluate"), parallel.engaged(on_cpu):
-        methods = {name: _evaluate(run, cfg, name, outputs, prep) for name in cfg.methods}
+    with precision.mixed(mixed, device):
+        outputs: dict[str, Output] = {}
+        first_federated = True
+        for name in cfg.methods:
+            method, options = registry.get(name), cfg.options(name)
+            with timer.phase(name):
+                federated = None
+                if method.federated is not None:
+                    federated = _federated(
+                        run,
+                        method,
+                        options,
+                        everyone,
+                        store,
+                        cfg.federated.checkpoint_every,
+                        on_round if first_federated else None,
+                    )
+                    first_federated = False
+                inputs = {n: outputs[n] for n in method.needs}
+                saved = store.load(name)
+                if saved is not None:
+                    outputs[name] = Output.from_dict(saved)
+                else:
+                    with parallel.engaged(on_cpu):
+                        outputs[name] = method.personalise(
+                            run, options, everyone, inputs, federated
+                        )
+                    store.save(name, outputs[name].to_dict())
+        with timer.phase("evaluate"), parallel.engaged(on_cpu):
+            methods = {name: _evaluate(run, cfg, name, outputs, prep) for name in cfg.methods}
     return {
         "format": 2,
         "fedmoe_version": fedmoe.__version__,

@@ -9,15 +9,16 @@ only by the floating-point rounding of batched versus single-client kernels.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from fedmoe.engine import Evaluation
+from fedmoe.engine import Evaluation, precision
 from fedmoe.experiment.config import ExperimentConfig
 from fedmoe.experiment.entries import SPLITS, Scores
-from fedmoe.experiment.prepare import build_networks, run_spec
+from fedmoe.experiment.prepare import build_networks, mixed_precision, run_spec
 from fedmoe.federation import Clients, State, Update
 from fedmoe.flower.node_data import NodeData
 from fedmoe.methods import registry
@@ -40,6 +41,8 @@ class Node:
     data: NodeData
     run: RunSpec
     clients: Clients
+    #: bf16 mixed precision (``dtype = "bf16-mixed"``), as in the simulator.
+    mixed: bool = False
 
     @staticmethod
     def of(cfg: ExperimentConfig, data: NodeData) -> Node:
@@ -49,7 +52,10 @@ class Node:
         run = run_spec(cfg, net, gate_net, shape, classes, device, None, specialist)
         ids = torch.tensor([data.client])
         clients = Clients(ids, data.train, data.val, torch.tensor([data.opt_out]))
-        return Node(cfg, data, run, clients)
+        return Node(cfg, data, run, clients, mixed_precision(cfg, device))
+
+    def _precision(self) -> AbstractContextManager[None]:
+        return precision.mixed(self.mixed, self.clients.device)
 
     def method(self, name: str) -> tuple[Method, Any]:
         """A listed method and its options; ValueError for one the run does not list."""
@@ -74,7 +80,8 @@ class Node:
         hooks, options = self.federated(name)
         if not state:
             state = hooks.init_client_state(self.run, options, self.clients)
-        return hooks.client_update(self.run, options, server, self.clients, round_, state)
+        with self._precision():
+            return hooks.client_update(self.run, options, server, self.clients, round_, state)
 
     def validate(self, name: str, server: Params, state: State) -> Evaluation:
         """Method ``name``'s validation score of the server model(s) on this node, with
@@ -82,7 +89,8 @@ class Node:
         hooks, options = self.federated(name)
         if not state:
             state = hooks.init_client_state(self.run, options, self.clients)
-        return hooks.validate(self.run, options, server, self.clients, state)
+        with self._precision():
+            return hooks.validate(self.run, options, server, self.clients, state)
 
     def personalise(
         self, best: Mapping[str, Params], states: Mapping[str, State]
@@ -100,7 +108,10 @@ class Node:
                 )
                 federated = federated_output(best[name], {}, dict(state))
             inputs = {n: outputs[n] for n in method.needs}
-            outputs[name] = method.personalise(self.run, options, self.clients, inputs, federated)
+            with self._precision():
+                outputs[name] = method.personalise(
+                    self.run, options, self.clients, inputs, federated
+                )
         return outputs
 
     def evaluate(self, outputs: Mapping[str, Output]) -> dict[str, dict[str, Scores]]:
@@ -114,6 +125,7 @@ class Node:
             inputs = {n: outputs[n] for n in method.needs}
             scores[name] = {}
             for split, data in zip(SPLITS, (self.data.test, self.data.global_test), strict=True):
-                ev = method.evaluate(self.run, options, outputs[name], inputs, data)
+                with self._precision():
+                    ev = method.evaluate(self.run, options, outputs[name], inputs, data)
                 scores[name][split] = Scores.of(ev, majority)
         return scores

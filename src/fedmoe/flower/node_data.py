@@ -43,6 +43,7 @@ from fedmoe.engine import ClientData
 from fedmoe.errors import DataError
 from fedmoe.experiment.config import ExperimentConfig
 from fedmoe.experiment.prepare import (
+    global_test_rows,
     input_stats,
     load_data,
     partition_of,
@@ -111,7 +112,7 @@ def _global_test(cfg: ExperimentConfig, data_dir: str) -> ClientData:
     dataset = _dataset(cfg, data_dir)
     mean, std = input_stats(dataset)
     device = resolve_device(cfg.device)
-    rows = dataset.global_test
+    rows = global_test_rows(cfg, dataset)
     x = to_tensor(dataset.x_test[rows], mean, std, torch_dtype(cfg), device)
     y = torch.from_numpy(dataset.y_test[rows].astype(np.int64)).to(device)
     return ClientData.common(x, y, 1)

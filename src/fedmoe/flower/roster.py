@@ -36,6 +36,9 @@ from fedmoe.flower.records import count_arrays, number
 
 logger = logging.getLogger("flwr").getChild("fedmoe")
 
+#: Seconds a hello stays deliverable: a node answers it whenever it can (see discover).
+HELLO_TTL = 3600.0
+
 
 @dataclass(frozen=True)
 class NodeInfo:
@@ -132,7 +135,8 @@ class Roster:
         self.audit: list[AuditEntry] = []
         self.threads: dict[int, int] = {}
         self.seen: dict[int, int] = {}
-        self._silent: set[int] = set()
+        #: Hellos sent and not answered yet: message id -> node id.
+        self._hellos: dict[str, int] = {}
 
     # ------------------------------------------------------------------ who is who
 
@@ -176,18 +180,29 @@ class Roster:
         )
 
     def discover(self, timeout: float) -> None:
-        """Greet node ids not yet identified or refused (await new ones, not silent ones)."""
-        new = set(self.grid.get_node_ids()) - set(self.nodes) - set(self.refused)
-        if not new:
+        """Greet node ids not yet identified or refused and read the hello replies that
+        arrived, waiting up to ``timeout`` seconds for the newly greeted ones.
+
+        A node is greeted once: a slow one (its first ClientApp process imports torch
+        and loads its data, half a minute on a loaded machine) is not greeted again,
+        its pending hello is read at every later look, so it is identified whenever
+        its reply arrives. A node that stayed silent past one wait is not waited for
+        again, so it cannot stall each round."""
+        online = set(self.grid.get_node_ids())
+        new = online - set(self.nodes) - set(self.refused)
+        for mid, nid in list(self._hellos.items()):
+            if nid not in new:  # gone, or identified or refused since
+                del self._hellos[mid]
+        greeted = set(self._hellos.values())
+        # Flower drops a reply that comes after its message's TTL: a hello waits long.
+        pushed = self._push(
+            "hello", {nid: (HELLO, RecordDict()) for nid in new - greeted}, HELLO_TTL
+        )
+        self._hellos.update(pushed)
+        if not self._hellos:
             return
-        self.suspects |= new & self._silent
-        hellos = {nid: (HELLO, RecordDict()) for nid in new}
-        # Nodes silent at an earlier hello are not waited for again (fallback=False):
-        # every round greets the new ones, and a silent one must not stall each round.
-        replies = self.exchange("hello", -1, hellos, timeout, fallback=False)
-        self._silent |= new - set(replies)
+        replies = self._collect("hello", -1, self._hellos, set(pushed), timeout, fallback=False)
         for nid, reply in replies.items():
-            self._silent.discard(nid)
             self._identify(nid, reply)
 
     def _identify(self, nid: int, reply: Message) -> None:
@@ -260,19 +275,40 @@ class Roster:
         answered or ``timeout`` seconds pass. With ``fallback``, when no non-suspect
         target answered from the node itself, the suspects are waited for as well.
         Returns node id -> reply for the replies that arrived; audits each."""
+        pending = self._push(phase, targets, timeout)
+        awaited = {
+            mid for mid, nid in pending.items() if await_suspects or nid not in self.suspects
+        }
+        return self._collect(phase, round_, pending, awaited, timeout, fallback)
+
+    def _push(
+        self, phase: str, targets: Mapping[int, tuple[str, RecordDict]], ttl: float
+    ) -> dict[str, int]:
+        """Send ``targets``; message id -> node id of those the SuperLink accepted."""
         if not targets:
             return {}
         messages = [
-            Message(content, dst_node_id=nid, message_type=mtype, ttl=timeout, group_id=phase)
+            Message(content, dst_node_id=nid, message_type=mtype, ttl=ttl, group_id=phase)
             for nid, (mtype, content) in targets.items()
         ]
         ids = list(self.grid.push_messages(messages))
         pending = {mid: nid for mid, nid in zip(ids, targets, strict=True) if mid}
         for nid in set(targets) - set(pending.values()):
             logger.warning("fedmoe: %s: could not send to node %d", phase, nid)
-        awaited = {
-            mid for mid, nid in pending.items() if await_suspects or nid not in self.suspects
-        }
+        return pending
+
+    def _collect(
+        self,
+        phase: str,
+        round_: int,
+        pending: dict[str, int],
+        awaited: set[str],
+        timeout: float,
+        fallback: bool,
+    ) -> dict[int, Message]:
+        """Pull replies to ``pending`` (message id -> node id; answered ones are removed
+        from it) until the ``awaited`` messages are answered or ``timeout`` passes;
+        node id -> reply, each audited. ``fallback``: see :meth:`exchange`."""
         replies: dict[int, Message] = {}
         heard = False  # a reply from a node itself (not the SuperLink answering for it)
         deadline = time.monotonic() + timeout

@@ -96,6 +96,16 @@ class Model(Protocol):
         ...
 
 
+def finish(h: torch.Tensor, output: str) -> torch.Tensor:
+    """A network's last layer ``(K, B, outputs)`` as its output: log-probabilities, or
+    gate logits (``(K, B)`` for one output). At least float32: under bf16 mixed
+    precision the layers compute in bfloat16, the probabilities do not."""
+    h = h.to(torch.promote_types(h.dtype, torch.float32))
+    if output == "logit":
+        return h.squeeze(-1) if h.shape[-1] == 1 else h
+    return torch.log_softmax(h, dim=-1)
+
+
 def head_names(net: Model) -> frozenset[str]:
     """The names of the head's parameters (the last layer's, see :class:`Model`); the
     rest are the body's."""

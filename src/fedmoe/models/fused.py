@@ -27,7 +27,7 @@ from torch import nn
 
 from fedmoe import rng
 from fedmoe.errors import ConfigError
-from fedmoe.models.base import Params, ParamSpec
+from fedmoe.models.base import Params, ParamSpec, finish
 
 Output = Literal["log_softmax", "logit"]
 
@@ -135,10 +135,7 @@ class Network:
         ``head(params, features(params, x))``."""
         d = self.denses[-1]
         w, bias = params[f"{d.name}.weight"], params[f"{d.name}.bias"]
-        h = torch.baddbmm(bias.unsqueeze(1), features, w.transpose(1, 2))
-        if self.output == "logit":
-            return h.squeeze(-1) if h.shape[-1] == 1 else h
-        return F.log_softmax(h, dim=-1)
+        return finish(torch.baddbmm(bias.unsqueeze(1), features, w.transpose(1, 2)), self.output)
 
     @property
     def feature_size(self) -> int:
@@ -161,20 +158,25 @@ class Network:
             # A shared input needs no copies: its first conv is an ordinary conv with the
             # K clients' filters stacked as output channels.
             h = x[0] if x.shape[0] == 1 else x.transpose(0, 1).reshape(b, -1, *x.shape[3:])
-            # channels_last: oneDNN's grouped convolution and pooling are about twice as
-            # fast in NHWC as in NCHW for these narrow layers (bench/, measured).
-            # oneDNN computes a lone model's convolution (groups=1) in another order than
-            # a group's, so a client's result would depend on whether it trains alone (a
-            # Flower node, the last client of a cohort, a worker's chunk): one model runs
-            # as a group of two copies, and every client gets the same arithmetic.
-            m = max(k, 2)
-            if k == 1:
+            # float32 runs on oneDNN, in channels_last: its grouped convolution and pooling
+            # are about twice as fast in NHWC as in NCHW for these narrow layers (bench/,
+            # measured). oneDNN computes a lone model's convolution (groups=1) in another
+            # order than a group's, so a client's result would depend on whether it trains
+            # alone (a Flower node, the last client of a cohort, a worker's chunk): one
+            # model runs as a group of two copies, and every client gets the same
+            # arithmetic. float64 runs on PyTorch's own kernels, in NCHW, whose grouped
+            # convolution is one lone convolution per group: no copies needed.
+            native = h.dtype == torch.float64
+            double = k == 1 and not native
+            m = 2 if double else k
+            if double:
                 h = torch.cat([h, h], 1)
-            h = h.contiguous(memory_format=torch.channels_last)
+            if not native:
+                h = h.contiguous(memory_format=torch.channels_last)
             for c in self.convs:
                 w = params[f"{c.name}.weight"].reshape(k * c.out_ch, -1, c.kernel, c.kernel)
                 bias = params[f"{c.name}.bias"].reshape(-1)
-                if k == 1:
+                if double:
                     w, bias = torch.cat([w, w]), torch.cat([bias, bias])
                 groups = m if h.shape[1] == m * c.in_ch else 1
                 h = F.conv2d(h, w, bias, groups=groups)

@@ -31,13 +31,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
 from fedmoe import rng
 from fedmoe.errors import ConfigError
-from fedmoe.models.base import Params, ParamSpec
+from fedmoe.models.base import Params, ParamSpec, finish
 
 ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
 Output = Literal["log_softmax", "logit"]
@@ -311,17 +310,12 @@ class ModuleNetwork:
             out: torch.Tensor = vmap(one, randomness=randomness)(params, x)
             return out
 
-    def _out(self, h: torch.Tensor) -> torch.Tensor:
-        if self.output == "logit":
-            return h.squeeze(-1) if h.dim() == 3 and h.shape[-1] == 1 else h
-        return F.log_softmax(h, dim=-1)
-
     def forward(
         self, params: Params, x: torch.Tensor, dropout_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """As :meth:`Model.forward`; ``dropout_mask`` is this network's dropout seed
         (:meth:`dropout_mask`) or ``None`` (eval mode)."""
-        return self._out(self._run(params, x, dropout_mask, capture=False))
+        return finish(self._run(params, x, dropout_mask, capture=False), self.output)
 
     def features(
         self, params: Params, x: torch.Tensor, dropout_mask: torch.Tensor | None = None
@@ -342,8 +336,8 @@ class ModuleNetwork:
 
         if not self._vmaps:
             rows = [one({n: p[i] for n, p in mine.items()}, features[i]) for i in range(k)]
-            return self._out(torch.stack(rows))
-        return self._out(vmap(one)(mine, features))
+            return finish(torch.stack(rows), self.output)
+        return finish(vmap(one)(mine, features), self.output)
 
     def dropout_mask(
         self, keys: torch.Tensor, counter: int, batch: int, dtype: torch.dtype

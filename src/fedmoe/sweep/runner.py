@@ -90,11 +90,13 @@ def run_sweep(
     out: Path,
     progress: ProgressFactory | None = None,
     log: Callable[[str], None] = print,
+    ray: str | None = None,
 ) -> Path:
     """Run every cell of the grid for ``seeds`` seeds (``base`` seed + 0, 1, ...; every
     cell for one seed before the next seed), skip finished runs, resume interrupted ones,
     skip those another process is running, and write ``out/sweep.csv``. Every cell's
-    config is validated before the first run starts."""
+    config is validated before the first run starts. With ``ray`` (``"local"`` or a Ray
+    cluster's address), each run is a Ray task of one CPU (:mod:`fedmoe.sweep.cluster`)."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     if len({a.key for a in axes}) != len(axes):
@@ -112,24 +114,27 @@ def run_sweep(
             cfg = cfgmod.from_dict(cfgmod.apply_overrides(base, overrides))
             plan.append((cell, cfg, out / "runs" / f"{cell_name(cell)}-s{cfg.seed}"))
     table = [(c, d) for c, _, d in sorted(plan, key=lambda r: (cells.index(r[0]), r[1].seed))]
-    elsewhere = []
-    for n, (cell, cfg, run_dir) in enumerate(plan, 1):
-        label = f"[{n}/{len(plan)}] {cell_name(cell)} seed {cfg.seed}"
-        if rundir.is_finished(run_dir):
-            log(f"{label}: finished before, skipped")
-            continue
-        try:
-            with rundir.claim(run_dir):
-                if rundir.is_finished(run_dir):
-                    log(f"{label}: finished by another worker, skipped")
-                    continue
+    runs = [
+        (f"[{n}/{len(plan)}] {cell_name(cell)} seed {cfg.seed}", cfg, run_dir)
+        for n, (cell, cfg, run_dir) in enumerate(plan, 1)
+    ]
+    if ray is not None:
+        from fedmoe.sweep import cluster
+
+        outcomes = cluster.run_all(runs, ray, log, on_done=lambda: write_csv(out, axes, table))
+    else:
+        outcomes = {}
+        for label, cfg, run_dir in runs:
+
+            def started(label: str = label, run_dir: Path = run_dir) -> None:
                 log(f"{label}: running in {run_dir}")
-                rundir.run_claimed(run_dir, cfg, progress)
-        except rundir.Busy:
-            log(f"{label}: another worker is running it, skipped")
-            elsewhere.append(run_dir)
-            continue
-        write_csv(out, axes, table)
+
+            outcomes[run_dir] = attempt(run_dir, cfg, progress, started)
+            if outcomes[run_dir] == DONE:
+                write_csv(out, axes, table)
+            else:
+                log(f"{label}: {outcomes[run_dir]}")
+    elsewhere = [d for d, outcome in outcomes.items() if outcome == BUSY]
     unfinished = [d for d in elsewhere if not rundir.is_finished(d)]
     if unfinished:
         log(
@@ -137,6 +142,35 @@ def run_sweep(
             "report will be complete when the last worker ends"
         )
     return write_csv(out, axes, table)
+
+
+#: What :func:`attempt` did with a run.
+FINISHED_BEFORE = "finished before, skipped"
+FINISHED_ELSEWHERE = "finished by another worker, skipped"
+BUSY = "another worker is running it, skipped"
+DONE = "done"
+
+
+def attempt(
+    run_dir: Path,
+    cfg: cfgmod.ExperimentConfig,
+    progress: ProgressFactory | None = None,
+    started: Callable[[], None] = lambda: None,
+) -> str:
+    """Run ``cfg`` in ``run_dir`` unless it has finished or another process holds it
+    (resuming an interrupted run there; ``started`` is called once this process holds
+    the directory); returns which of those happened."""
+    if rundir.is_finished(run_dir):
+        return FINISHED_BEFORE
+    try:
+        with rundir.claim(run_dir):
+            if rundir.is_finished(run_dir):
+                return FINISHED_ELSEWHERE
+            started()
+            rundir.run_claimed(run_dir, cfg, progress)
+            return DONE
+    except rundir.Busy:
+        return BUSY
 
 
 def write_csv(

@@ -1,0 +1,105 @@
+"""A sweep's runs as Ray tasks: on this machine (``local``) or on an existing cluster.
+
+Each run is one task of one CPU running with one torch thread; Ray packs as many side
+by side as the cluster has CPUs. A task does exactly what one run of the local sweep
+does (:func:`fedmoe.sweep.runner.attempt`): it claims the run directory, resumes an
+interrupted run there and skips a finished one, so a sweep interrupted on Ray resumes
+on Ray or locally, and local workers can share the sweep directory with it. On a
+cluster the sweep directory must be on a file system every node mounts at the same
+path, and every node needs fedmoe (and any plugin or model module the config names)
+installed in the Python that Ray runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedmoe.errors import ConfigError, FedmoeError
+from fedmoe.experiment import config as cfgmod
+
+#: ``--ray`` value that starts a Ray on this machine for the sweep (and stops it after).
+LOCAL = "local"
+
+
+def _attempt(run_dir: str, cfg: dict[str, Any]) -> str:
+    """One run in a Ray worker process (see :func:`fedmoe.sweep.runner.attempt`)."""
+    import torch
+
+    from fedmoe.sweep.runner import attempt
+
+    torch.set_num_threads(1)
+    return attempt(Path(run_dir), cfgmod.from_dict(cfg))
+
+
+def run_all(
+    runs: Sequence[tuple[str, cfgmod.ExperimentConfig, Path]],
+    address: str,
+    log: Callable[[str], None],
+    on_done: Callable[[], object],
+) -> dict[Path, str]:
+    """Run ``runs`` (label, config, run directory) as Ray tasks on ``address``
+    (:data:`LOCAL`, or a cluster address such as ``auto`` or ``ray://host:10001``);
+    ``on_done`` is called after each run that ran. Returns run directory -> outcome.
+    The first run that fails cancels the rest and is raised as a one-line error."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "--ray needs Ray: pip install 'flwr[simulation]' (or ray) in fedmoe's environment"
+        ) from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        _init(ray, address)
+    try:
+        task = ray.remote(num_cpus=1)(_attempt)
+        env = {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
+        pending = {
+            task.options(runtime_env=env).remote(str(run_dir.resolve()), cfgmod.to_dict(cfg)): (
+                label,
+                run_dir,
+            )
+            for label, cfg, run_dir in runs
+        }
+        cpus = int(ray.cluster_resources().get("CPU", 0))  # type: ignore[no-untyped-call]
+        log(f"ray: {len(pending)} run(s) as tasks on {cpus} CPU(s)")
+        outcomes: dict[Path, str] = {}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            label, run_dir = pending.pop(done[0])
+            try:
+                outcomes[run_dir] = ray.get(done[0])
+            except ray.exceptions.RayTaskError as err:
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                cause = err.cause if isinstance(err.cause, BaseException) else err
+                reason = " ".join(str(cause).split()) or type(cause).__name__
+                raise FedmoeError(f"{label} failed on Ray: {reason}") from None
+            log(f"{label}: {outcomes[run_dir]}")
+            on_done()
+        return outcomes
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _init(ray: Any, address: str) -> None:
+    # Keep Ray 2.x's notice about a future default (accelerator variables) quiet.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    if address == LOCAL:
+        # A private Ray of this machine's cores, on loopback, without the dashboard.
+        ray.init(
+            num_cpus=os.cpu_count() or 1,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            configure_logging=False,
+        )
+        return
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ConfigError(f"--ray {address}: cannot connect to the Ray cluster: {reason}") from None
