@@ -8,7 +8,9 @@ Each variant runs `fedmoe run --preset P --quiet --out DIR/<i>` in its own proce
 table has the wall time of each run (process start to exit) and its `timing_s` phases
 (prepare, each method's federated phase and personalisation, evaluate), in seconds, and
 the ratio of each variant's wall time to the first's. Results (every method's entry)
-must be equal across variants, or the script says which differ and exits 1.
+must be equal across variants, or the script says which differ and exits 1; with
+``--differ`` (variants that change the arithmetic, ``--set dtype=bf16-mixed``, say) it
+prints each method's local- and global-test accuracy per variant instead.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+SPLITS = ("local_test", "global_test")
 
 
 def _run(preset: str, sets: list[str], variant: str, out: Path) -> tuple[float, dict[str, Any]]:
@@ -41,6 +45,7 @@ def main() -> None:
     parser.add_argument("--variant", action="append", required=True)
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-phases"))
+    parser.add_argument("--differ", action="store_true", help="variants may change results")
     args = parser.parse_args()
     if args.out.exists() and any(args.out.iterdir()):
         sys.exit(f"run_phases: {args.out} is not empty; choose another --out")
@@ -60,6 +65,17 @@ def main() -> None:
         print(f"| `{variant}` | {wall:.1f} | {base / wall:.2f}x | {cells} |")
     reference = rows[0][2]["methods"]
     differ = [v for v, _, r in rows[1:] if r["methods"] != reference]
+    if args.differ:
+        print("\nTest accuracy (%), local / global, per variant:\n")
+        print("| method | " + " | ".join(f"`{v}`" for v, _, _ in rows) + " |")
+        print("|---|" + "---:|" * len(rows))
+        for name in reference:
+            cells = [
+                " / ".join(f"{100 * r['methods'][name][s]['mean']:.2f}" for s in SPLITS)
+                for _, _, r in rows
+            ]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        return
     if differ:
         sys.exit(f"run_phases: results differ from the first variant's for: {differ}")
     print("\nEvery variant gave the same results (every method's entry equal).")

@@ -407,8 +407,10 @@ def test_a_round_whose_nodes_are_all_suspects_still_waits_for_them(make_grid: An
     # Every node misses round 0's deadline (a loaded machine, say) and is a suspect in
     # round 1; the server must still wait for them rather than give the round up.
     cfg = small(["fedavg", "local"], partition=ALL_IN, federated=EVERYONE)
+    # Margins of over a second: a loaded machine (the suite's other worker, say) can
+    # stall this process for a few hundred milliseconds.
     options = FlowerOptions(
-        round_timeout=0.5, personalise_timeout=2.0, join_timeout=1.0, poll_interval=0.01
+        round_timeout=1.5, personalise_timeout=2.0, join_timeout=1.0, poll_interval=0.01
     )
     grid = make_grid(cfg)
 
@@ -416,7 +418,7 @@ def test_a_round_whose_nodes_are_all_suspects_still_waits_for_them(make_grid: An
         def behaviour(msg: Message, context: Context) -> Message | None:
             record = msg.content.config_records.get(ROUND)
             if record is not None:
-                node.delays[msg.metadata.message_type] = 1.0 if record["round"] == 0 else 0.2
+                node.delays[msg.metadata.message_type] = 3.0 if record["round"] == 0 else 0.2
             return honest(msg, context)
 
         return behaviour

@@ -2,7 +2,7 @@
 
 Each run is one task of one CPU running with one torch thread; Ray packs as many side
 by side as the cluster has CPUs. A task does exactly what one run of the local sweep
-does (:func:`fedmoe.sweep.runner.attempt`): it claims the run directory, resumes an
+does (``attempt``: :func:`fedmoe.sweep.runner.attempt`): it claims the run directory, resumes an
 interrupted run there and skips a finished one, so a sweep interrupted on Ray resumes
 on Ray or locally, and local workers can share the sweep directory with it. On a
 cluster the sweep directory must be on a file system every node mounts at the same
@@ -24,11 +24,13 @@ from fedmoe.experiment import config as cfgmod
 LOCAL = "local"
 
 
-def _attempt(run_dir: str, cfg: dict[str, Any]) -> str:
-    """One run in a Ray worker process (see :func:`fedmoe.sweep.runner.attempt`)."""
-    import torch
+#: What a task runs: :func:`fedmoe.sweep.runner.attempt` (run directory, config).
+Attempt = Callable[[Path, cfgmod.ExperimentConfig], str]
 
-    from fedmoe.sweep.runner import attempt
+
+def _task(attempt: Attempt, run_dir: str, cfg: dict[str, Any]) -> str:
+    """One run in a Ray worker process, with one torch thread."""
+    import torch
 
     torch.set_num_threads(1)
     return attempt(Path(run_dir), cfgmod.from_dict(cfg))
@@ -37,12 +39,14 @@ def _attempt(run_dir: str, cfg: dict[str, Any]) -> str:
 def run_all(
     runs: Sequence[tuple[str, cfgmod.ExperimentConfig, Path]],
     address: str,
+    attempt: Attempt,
     log: Callable[[str], None],
     on_done: Callable[[], object],
 ) -> dict[Path, str]:
-    """Run ``runs`` (label, config, run directory) as Ray tasks on ``address``
-    (:data:`LOCAL`, or a cluster address such as ``auto`` or ``ray://host:10001``);
-    ``on_done`` is called after each run that ran. Returns run directory -> outcome.
+    """Run ``attempt`` for each of ``runs`` (label, config, run directory) as a Ray task
+    on ``address`` (:data:`LOCAL`, or a cluster address such as ``auto`` or
+    ``ray://host:10001``); ``on_done`` is called after each. Returns run directory ->
+    outcome.
     The first run that fails cancels the rest and is raised as a one-line error."""
     try:
         import ray
@@ -54,13 +58,11 @@ def run_all(
     if started_here:
         _init(ray, address)
     try:
-        task = ray.remote(num_cpus=1)(_attempt)
+        task = ray.remote(num_cpus=1)(_task)
         env = {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
+        task = task.options(runtime_env=env)
         pending = {
-            task.options(runtime_env=env).remote(str(run_dir.resolve()), cfgmod.to_dict(cfg)): (
-                label,
-                run_dir,
-            )
+            task.remote(attempt, str(run_dir.resolve()), cfgmod.to_dict(cfg)): (label, run_dir)
             for label, cfg, run_dir in runs
         }
         cpus = int(ray.cluster_resources().get("CPU", 0))  # type: ignore[no-untyped-call]

@@ -121,7 +121,7 @@ def run_sweep(
     if ray is not None:
         from fedmoe.sweep import cluster
 
-        outcomes = cluster.run_all(runs, ray, log, on_done=lambda: write_csv(out, axes, table))
+        outcomes = cluster.run_all(runs, ray, attempt, log, lambda: write_csv(out, axes, table))
     else:
         outcomes = {}
         for label, cfg, run_dir in runs:
