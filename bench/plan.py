@@ -14,6 +14,8 @@ from bench.workloads import WORKLOADS, Job, standard_job
 #: Contender name -> the module that runs one of its jobs (``python -m``).
 CONTENDERS = {
     "fedmoe": "bench.contenders.fedmoe_engine",
+    "fedmoe-workers": "bench.contenders.fedmoe_workers",
+    "fedmoe-bf16": "bench.contenders.fedmoe_bf16",
     "torch-loop": "bench.contenders.torch_loop",
     "flower": "bench.contenders.flower_sim",
     "pfl": "bench.contenders.pfl_fedavg",

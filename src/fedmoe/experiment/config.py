@@ -59,6 +59,9 @@ class PartitionConfig:
     alpha: float = 0.5
     classes_per_client: int = 2
     opt_out: float = 0.0
+    #: Client groups whose images are rotated: 1 (none), 2 (0 and 180 degrees) or 4 (0,
+    #: 90, 180, 270); client k is in group k mod rotations (fedmoe.experiment.rotation).
+    rotations: int = 1
 
     def validate(self) -> None:
         if self.scheme == "natural":
@@ -79,6 +82,10 @@ class PartitionConfig:
         )
         _check(
             0.0 <= self.opt_out < 1.0, f"partition.opt_out must be in [0, 1), got {self.opt_out}"
+        )
+        _check(
+            self.rotations in (1, 2, 4),
+            f"partition.rotations must be 1, 2 or 4, got {self.rotations}",
         )
 
 

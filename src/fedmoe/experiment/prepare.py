@@ -22,6 +22,7 @@ from fedmoe.data.partition import (
 )
 from fedmoe.engine import ClientData, EarlyStopping, OptimizerConfig, TrainConfig, precision
 from fedmoe.errors import ConfigError
+from fedmoe.experiment import rotation
 from fedmoe.experiment.config import (
     ExperimentConfig,
     FederatedSection,
@@ -233,12 +234,20 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     y_train = torch.from_numpy(ds.y_train.astype(np.int64)).to(device)
     y_test = torch.from_numpy(ds.y_test.astype(np.int64)).to(device)
     net, gate_net, specialist_net = build_networks(cfg, ds.input_shape, ds.num_classes)
+    rotations = cfg.partition.rotations
+    rotation.check(rotations, ds.input_shape)
+    clients = range(part.num_clients)
+
+    def cohort(x: torch.Tensor, y: torch.Tensor, split: str) -> ClientData:
+        data = ClientData.from_indices(x, y, part.split(split))
+        return rotation.rotate_clients(data, clients, rotations)
+
     return Prepared(
         dataset=ds,
         partition=part,
-        train=ClientData.from_indices(x_train, y_train, part.split("train")),
-        val=ClientData.from_indices(x_train, y_train, part.split("val")),
-        test=ClientData.from_indices(x_test, y_test, part.split("test")),
+        train=cohort(x_train, y_train, "train"),
+        val=cohort(x_train, y_train, "val"),
+        test=cohort(x_test, y_test, "test"),
         global_test=global_test(cfg, ds, x_test, y_test, part.num_clients),
         net=net,
         gate_net=gate_net,
@@ -259,13 +268,14 @@ def global_test(
     y_test: torch.Tensor,
     num_clients: int,
 ) -> ClientData:
-    """The global test set (:func:`global_test_rows` of the test tensors) shared by
-    ``num_clients`` clients."""
+    """The global test set (:func:`global_test_rows` of the test tensors, turned as
+    ``partition.rotations`` says) shared by ``num_clients`` clients."""
     rows = global_test_rows(cfg, ds)
-    if len(rows) == len(ds.y_test):
-        return ClientData.common(x_test, y_test, num_clients)
-    index = torch.tensor(rows, dtype=torch.int64, device=x_test.device)
-    return ClientData.common(x_test[index], y_test[index], num_clients)
+    if len(rows) < len(ds.y_test):
+        index = torch.tensor(rows, dtype=torch.int64, device=x_test.device)
+        x_test, y_test = x_test[index], y_test[index]
+    x_test = rotation.rotate_examples(x_test, cfg.partition.rotations)
+    return ClientData.common(x_test, y_test, num_clients)
 
 
 def _stopping(s: StoppingConfig) -> EarlyStopping:

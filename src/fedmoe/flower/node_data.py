@@ -41,6 +41,7 @@ from fedmoe.data.partition import Partition
 from fedmoe.data.userdata import is_user_name
 from fedmoe.engine import ClientData
 from fedmoe.errors import DataError
+from fedmoe.experiment import rotation
 from fedmoe.experiment.config import ExperimentConfig
 from fedmoe.experiment.prepare import (
     global_test_rows,
@@ -115,11 +116,12 @@ def _global_test(cfg: ExperimentConfig, data_dir: str) -> ClientData:
     rows = global_test_rows(cfg, dataset)
     x = to_tensor(dataset.x_test[rows], mean, std, torch_dtype(cfg), device)
     y = torch.from_numpy(dataset.y_test[rows].astype(np.int64)).to(device)
-    return ClientData.common(x, y, 1)
+    return ClientData.common(rotation.rotate_examples(x, cfg.partition.rotations), y, 1)
 
 
 def _cohorts(
     cfg: ExperimentConfig,
+    client: int,
     stats: ArrayDataset,
     x_pool: np.ndarray,
     y_pool: np.ndarray,
@@ -127,8 +129,9 @@ def _cohorts(
     x_test: np.ndarray,
     y_test: np.ndarray,
 ) -> tuple[ClientData, ClientData, ClientData]:
-    """K=1 train / val / test cohorts: the pool's first ``n_train`` rows train, the rest
-    validate; inputs standardised like every other client's."""
+    """K=1 train / val / test cohorts of ``client``: the pool's first ``n_train`` rows
+    train, the rest validate; inputs standardised (and turned, with
+    ``partition.rotations``) like every other client's."""
     mean, std = input_stats(stats)
     dtype, device = torch_dtype(cfg), resolve_device(cfg.device)
     x = to_tensor(x_pool, mean, std, dtype, device)
@@ -136,11 +139,14 @@ def _cohorts(
     xt = to_tensor(x_test, mean, std, dtype, device)
     yt = torch.from_numpy(y_test.astype(np.int64)).to(device)
     rows = np.arange(len(y_pool), dtype=np.int64)
-    return (
+    rotation.check(cfg.partition.rotations, stats.input_shape)
+    cohorts = (
         ClientData.from_indices(x, y, [rows[:n_train]]),
         ClientData.from_indices(x, y, [rows[n_train:]]),
         ClientData.from_indices(xt, yt, [np.arange(len(y_test), dtype=np.int64)]),
     )
+    a, b, c = (rotation.rotate_clients(d, [client], cfg.partition.rotations) for d in cohorts)
+    return a, b, c
 
 
 def _partitioned(cfg: ExperimentConfig, node: NodeOptions, data_dir: str) -> NodeData:
@@ -151,6 +157,7 @@ def _partitioned(cfg: ExperimentConfig, node: NodeOptions, data_dir: str) -> Nod
     pool = np.concatenate([split.train, split.val])
     train, val, test = _cohorts(
         cfg,
+        cid,
         ds,
         ds.x_train[pool],
         ds.y_train[pool],
@@ -228,7 +235,9 @@ def _local(cfg: ExperimentConfig, node: NodeOptions, data_dir: str) -> NodeData:
     n_train = len(y_train) - n_val
     key = rng.hash_int(cfg.seed, node.partition_id, rng.phase_id("flower/local-split"))
     order = np.random.default_rng(key).permutation(len(y_train))
-    train, val, test = _cohorts(cfg, ds, x_train[order], y_train[order], n_train, x_test, y_test)
+    train, val, test = _cohorts(
+        cfg, node.partition_id, ds, x_train[order], y_train[order], n_train, x_test, y_test
+    )
     counts = np.bincount(y_train[order][:n_train], minlength=ds.num_classes)
     majority = tuple(sorted(int(c) for c in np.argsort(-counts, kind="stable")[:2]))
     return NodeData(
