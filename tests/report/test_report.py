@@ -665,3 +665,49 @@ def test_setup_sums_the_runs_timing(tmp_path: Path) -> None:
         "a resumed run counts only its last process); "
         "torch threads 1"
     ]
+
+
+def test_the_leaderboard_ranks_methods_and_pairs_each_mixture_with_the_best_baseline(
+    tmp_path: Path,
+) -> None:
+    from fedmoe.report.leaderboard import best_baseline, ranking, worst_clients
+
+    root = make_sweep(tmp_path / "sw", {"p": ["0.5", "1.0"]}, [0, 1])
+    for run in (root / "runs").iterdir():
+        path = run / "results.json"
+        results = json.loads(path.read_text())
+        results["timing_s"] = {"fedavg": 100.0, "local": 10.0, "finetune": 20.0, "moe": 30.0}
+        path.write_text(json.dumps(results))
+    text = write_report(root).read_text()
+    sweep = read_sweep(root)
+    board = text.split("## Leaderboard")[1].split("## Paired differences")[0]
+    for cell in sweep.cells:
+        assert ranking(cell, sweep.methods) == ["moe", "finetune", "local", "fedavg"]
+        assert best_baseline(sweep, cell) == "finetune"
+        p = cell.grid[0].text
+        table = board.split(f"### p = {p}\n")[1].split("###")[0]
+        rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ")][1:]
+        assert [r[1] for r in rows] == ["**MoE**", "FT", "Local", "FedAvg"]
+        worst = [min(_accuracies({"p": p}, s, 3)[0]) for s in (0, 1)]
+        assert (
+            rows[0][4]
+            == f"{100 * statistics.fmean(worst):.2f} ± {100 * statistics.stdev(worst):.2f}"
+        )
+        assert rows[0][5].rstrip(" |") == "30"
+        diffs = [
+            100
+            * (
+                statistics.fmean(_accuracies({"p": p}, s, 3)[0])
+                - statistics.fmean(_accuracies({"p": p}, s, 2)[0])
+            )
+            for s in (0, 1)
+        ]
+        ratio = accuracy(cell, "moe", "global").mean / accuracy(cell, "fedavg", "global").mean
+        expected = (
+            f"- MoE minus FT (the best baseline), local test: {statistics.fmean(diffs):+.2f} ± "
+            f"{statistics.stdev(diffs):.2f} points, ahead in 2 of 2 seed(s); global test "
+            f"{ratio:.3f} x FedAvg's"
+        )
+        assert expected in table
+    assert worst_clients([0.9, 0.2, 0.5]) == 0.2
+    assert worst_clients([float(i) for i in range(20)]) == 0.5

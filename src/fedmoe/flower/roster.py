@@ -4,9 +4,10 @@ and every message it received.
 - **Identification.** A node is identified by its reply to ``query.hello``: its client
   id, opt-out flag and metadata. A node whose hello fails, or disagrees with the first
   node on the data's shape or classes, or claims a client another live node already
-  is, is refused with a logged reason. New node ids are greeted whenever the server
-  looks (:meth:`Roster.discover`), so a restarted node (a new node id for the same
-  client) rejoins and replaces its dead predecessor.
+  is, is refused with a logged reason. A new node id is greeted once, and its reply is read
+  whenever the server looks (:meth:`Roster.discover`), so a restarted node (a new node
+  id for the same client), however slow to start, rejoins and replaces its dead
+  predecessor.
 - **Timeouts.** :meth:`Roster.exchange` pushes messages and collects replies until
   every awaited node has answered or the timeout passes; what arrived by then is the
   result. A node that misses a deadline, or that the SuperLink reports unavailable,

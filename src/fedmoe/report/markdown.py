@@ -19,6 +19,7 @@ from typing import Any
 from fedmoe.errors import FedmoeError
 from fedmoe.experiment import config as cfgmod
 from fedmoe.report.figures import Plot, Skipped, write_plots
+from fedmoe.report.leaderboard import leaderboard_section
 from fedmoe.report.paired import paired_section
 from fedmoe.sweep.reader import (
     SPLITS,
@@ -333,6 +334,7 @@ def render(sweep: Sweep, found: Sequence[Plot | Skipped]) -> str:
         f"{accuracy_table(sweep, 'local')}\n\n"
         "### On the global test set\n\n"
         f"{accuracy_table(sweep, 'global')}\n\n"
+        f"{leaderboard_section(sweep)}"
         f"{paired_section(sweep)}"
         f"{_variants_sections(sweep)}"
         "## Plots\n\n"

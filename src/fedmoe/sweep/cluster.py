@@ -2,7 +2,7 @@
 
 Each run is one task of one CPU running with one torch thread; Ray packs as many side
 by side as the cluster has CPUs. A task does exactly what one run of the local sweep
-does (``attempt``: :func:`fedmoe.sweep.runner.attempt`): it claims the run directory, resumes an
+does (:func:`fedmoe.sweep.runner.attempt`): it claims the run directory, resumes an
 interrupted run there and skips a finished one, so a sweep interrupted on Ray resumes
 on Ray or locally, and local workers can share the sweep directory with it. On a
 cluster the sweep directory must be on a file system every node mounts at the same

@@ -1,0 +1,143 @@
+"""The sweep report's leaderboard: which personalised model should a client use?
+
+Per cell, every method ranked by its local-test accuracy (client mean, then mean over
+seeds), with its global-test accuracy, its worst clients (the mean local-test accuracy
+of the worst tenth of clients, at least one, averaged over seeds) and its compute time
+(the method's phase in ``timing_s``: its federated phase and personalisation; the
+shared evaluation is not split by method). Under each table, each mixture (a method
+with gate statistics) against the best baseline of the cell (the highest-ranked
+method that is neither a mixture nor the centralised bound): the per-seed paired
+difference on local test, with the seeds it is ahead, and its global-test accuracy as a
+fraction of FedAvg's.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+
+from fedmoe.report.paired import differences
+from fedmoe.sweep.reader import Cell, Stat, Sweep, accuracy, runs_of
+
+#: Methods that are bounds, not candidates: never "the best baseline".
+BOUNDS = ("centralised",)
+#: The share of clients the "worst clients" column averages over.
+WORST = 0.1
+
+
+def _percent(stat: Stat) -> str:
+    if not stat.n or math.isnan(stat.mean):
+        return "-"
+    if stat.n == 1:
+        return f"{100 * stat.mean:.2f}"
+    return f"{100 * stat.mean:.2f} ± {100 * stat.std:.2f}"
+
+
+def worst_clients(per_client: Sequence[float], share: float = WORST) -> float:
+    """The mean of the lowest ``share`` of ``per_client`` (at least one client)."""
+    values = sorted(v for v in per_client if not math.isnan(v))
+    if not values:
+        return math.nan
+    count = max(1, math.ceil(share * len(values)))
+    return statistics.fmean(values[:count])
+
+
+def _worst(sweep: Sweep, cell: Cell, method: str) -> Stat:
+    found = []
+    for results in runs_of(sweep, cell, method):
+        per_client = results["methods"][method]["local_test"]["per_client"]
+        found.append(worst_clients([float(v) for v in per_client]))
+    return Stat.of(found)
+
+
+def _seconds(sweep: Sweep, cell: Cell, method: str) -> str:
+    times = [
+        float(r.get("timing_s", {}).get(method, math.nan)) for r in runs_of(sweep, cell, method)
+    ]
+    times = [t for t in times if not math.isnan(t)]
+    return f"{statistics.fmean(times):,.0f}" if times else "-"
+
+
+def ranking(cell: Cell, methods: Sequence[str]) -> list[str]:
+    """``methods`` of ``cell`` by local-test accuracy (mean over seeds), best first."""
+    present = [m for m in methods if accuracy(cell, m, "local").n]
+    return sorted(present, key=lambda m: -accuracy(cell, m, "local").mean)
+
+
+def best_baseline(sweep: Sweep, cell: Cell) -> str | None:
+    """The cell's highest-ranked method that is neither a mixture nor a bound."""
+    for method in ranking(cell, sweep.methods):
+        if method not in sweep.mixtures and method not in BOUNDS:
+            return method
+    return None
+
+
+def _table(sweep: Sweep, cell: Cell) -> str:
+    lines = [
+        "| rank | method | local test (%) | global test (%) | worst 10% of clients, local (%) "
+        "| method's phases (s) |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for rank, method in enumerate(ranking(cell, sweep.methods), 1):
+        name = sweep.label(method).replace("|", "\\|")
+        if method in sweep.mixtures:
+            name = f"**{name}**"
+        cells = [
+            str(rank),
+            name,
+            _percent(accuracy(cell, method, "local")),
+            _percent(accuracy(cell, method, "global")),
+            _percent(_worst(sweep, cell, method)),
+            _seconds(sweep, cell, method),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _against_best(sweep: Sweep, cell: Cell) -> str:
+    best = best_baseline(sweep, cell)
+    if best is None or not sweep.mixtures:
+        return ""
+    fedavg = accuracy(cell, "fedavg", "global")
+    lines = []
+    for mixture in sweep.mixtures:
+        diffs = differences(cell, mixture, best, "local")
+        if not diffs:
+            continue
+        points = [100 * d for d in diffs]
+        text = f"{statistics.fmean(points):+.2f}"
+        if len(points) > 1:
+            text += f" ± {statistics.stdev(points):.2f}"
+        ahead = sum(p > 0 for p in points)
+        line = (
+            f"- {sweep.label(mixture)} minus {sweep.label(best)} (the best baseline), local "
+            f"test: {text} points, ahead in {ahead} of {len(points)} seed(s)"
+        )
+        ours = accuracy(cell, mixture, "global")
+        if fedavg.n and fedavg.mean > 0 and ours.n:
+            line += f"; global test {ours.mean / fedavg.mean:.3f} x FedAvg's"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def leaderboard_section(sweep: Sweep) -> str:
+    """The report's leaderboard section (empty for a sweep of fewer than two methods)."""
+    if len(sweep.methods) < 2:
+        return ""
+    parts = [
+        "## Leaderboard\n\n"
+        "Per cell, methods by local-test accuracy (client mean; mean ± std over seeds), "
+        "mixtures in bold; the worst tenth of clients' mean local-test accuracy; the "
+        "seconds of the method's own phase (federated and personalisation; evaluation "
+        "is shared). Below each table, each mixture against the cell's best baseline "
+        "(neither a mixture nor the centralised bound), paired within each run.\n\n"
+    ]
+    for cell in sweep.cells:
+        title = ", ".join(f"{k} = {v.text}" for k, v in zip(sweep.keys, cell.grid, strict=True))
+        parts.append(f"### {title or cell.name}\n\n{_table(sweep, cell)}\n\n")
+        against = _against_best(sweep, cell)
+        if against:
+            parts.append(f"{against}\n\n")
+    return "".join(parts)
+
