@@ -2,7 +2,7 @@
 and check that the variants give the same results.
 
     python bench/run_phases.py --preset quick --variant "--threads 2 --workers 1" \
-        --variant "--threads 2 --workers 2" [--set key=value ...] [--out DIR]
+        --variant "--threads 2 --workers 2" [--set key=value ...] [--out DIR] [--busy N]
 
 Each variant runs `fedmoe run --preset P --quiet --out DIR/<i>` in its own process. The
 table has the wall time of each run (process start to exit) and its `timing_s` phases
@@ -46,16 +46,26 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-phases"))
     parser.add_argument("--differ", action="store_true", help="variants may change results")
+    parser.add_argument(
+        "--busy", type=int, default=0, help="single-threaded busy processes beside every run"
+    )
     args = parser.parse_args()
     if args.out.exists() and any(args.out.iterdir()):
         sys.exit(f"run_phases: {args.out} is not empty; choose another --out")
     rows = []
-    for i, variant in enumerate(args.variant):
-        wall, results = _run(args.preset, args.sets, variant, args.out / str(i))
-        rows.append((variant, wall, results))
-        print(f"{variant}: {wall:.1f} s", file=sys.stderr)
+    spin = [sys.executable, "-c", "while True: pass"]
+    busy = [subprocess.Popen(spin) for _ in range(args.busy)]
+    try:
+        for i, variant in enumerate(args.variant):
+            wall, results = _run(args.preset, args.sets, variant, args.out / str(i))
+            rows.append((variant, wall, results))
+            print(f"{variant}: {wall:.1f} s", file=sys.stderr)
+    finally:
+        for proc in busy:
+            proc.kill()
     phases = list(rows[0][2]["timing_s"])
     print(f"preset `{args.preset}` {' '.join('--set ' + s for s in args.sets)}; "
+          f"{args.busy} busy process(es) beside each run; "
           f"load average at the end {os.getloadavg()[0]:.2f}\n")  # fmt: skip
     print("| variant | wall (s) | ratio | " + " | ".join(phases) + " |")
     print("|---|---:|---:|" + "---:|" * len(phases))

@@ -142,7 +142,26 @@ PFL_BASELINES: dict[str, Any] = {
     "method": {"moe": {"lr": 1e-5}, "per-fedavg": {"beta": 0.1}},
 }
 
+#: The head-to-head study (docs/results/fashion-mnist/head-to-head/): every mixture,
+#: every baseline and the centralised bound at the paper's sizes and budget, all sharing
+#: ``pfl-baselines``'s tuned federated phase; each method's own options at the values
+#: ``pfl-baselines`` and ``paper-plus`` use (their papers' defaults) until the study's
+#: per-method grid replaces them.
+HEAD_TO_HEAD: dict[str, Any] = {
+    **PFL_BASELINES,
+    "methods": [
+        *PAPER_METHODS,
+        "moe-plus",
+        "ifca",
+        "moe-ifca",
+        *PFL_BASELINE_METHODS,
+        "centralised",
+    ],
+    "method": {**PFL_BASELINES["method"], "ifca": {"models": 3}},
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
+    "head-to-head": HEAD_TO_HEAD,
     "pfl-baselines": PFL_BASELINES,
     "paper": PAPER,
     "paper-plus": PAPER_PLUS,

@@ -140,4 +140,3 @@ def leaderboard_section(sweep: Sweep) -> str:
         if against:
             parts.append(f"{against}\n\n")
     return "".join(parts)
-
