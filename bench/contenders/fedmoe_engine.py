@@ -45,6 +45,7 @@ def _run_spec(job: Job, net: Network, gate_net: Network, cfg: TrainConfig) -> Ru
         seed=job.seed,
         net=net,
         gate_net=gate_net,
+        specialist_net=net,
         input_shape=INPUT_SHAPE,
         num_classes=NUM_CLASSES,
         dropout=net.dropout,
