@@ -270,6 +270,15 @@ def run_cmd(
     ] = None,
     threads: Threads = None,
     workers: Workers = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDRESS",
+            help="Make the workers Ray actors (one CPU each; --workers of them, default one "
+            "per CPU of the cluster): 'local' starts a Ray on this machine, else a "
+            "cluster's address (auto, ray://HOST:10001).",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Run the configured methods (default: FedAvg, Local, FT and MoE) on every client."""
@@ -284,12 +293,16 @@ def run_cmd(
             "--resume DIR takes the run's own config; drop --config/--preset/--set/--out"
         )
     cfg = None if resume is not None else _config(config, preset, set_ or [])
-    free = _free_cores(quiet) if threads is None or workers is None else 1
+    free = _free_cores(quiet) if threads is None or (workers is None and ray is None) else 1
     _set_threads(threads, free)
-    with (
-        progress_bars(console, enabled=not quiet) as bars,
-        parallel.workers(_workers(workers, free)),
-    ):
+    if ray is not None and workers is not None and workers < 2:
+        raise ConfigError(f"--ray needs at least 2 workers, got --workers {workers}")
+    pool = (
+        parallel.workers(workers, ray)
+        if ray is not None
+        else parallel.workers(_workers(workers, free))
+    )
+    with progress_bars(console, enabled=not quiet) as bars, pool:
         if resume is not None:
             results = rundir.resume(resume, bars)
         elif out is not None:

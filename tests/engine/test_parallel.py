@@ -1,7 +1,7 @@
-"""Worker processes give, client by client, what one process gives: training (with early
-stopping that stops clients at different epochs) and evaluation, float32 and float64,
-on clients with different numbers of examples: the same parameters, epochs and
-accuracies; what cannot travel runs here."""
+"""Worker processes (local, or Ray actors) give, client by client, what one process
+gives: training (with early stopping that stops clients at different epochs) and
+evaluation, float32 and float64, on clients with different numbers of examples: the same
+parameters, epochs and accuracies; what cannot travel runs here."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from fedmoe.engine import (
     parallel,
     train,
 )
-from fedmoe.engine.parallel import Workers
+from fedmoe.engine.parallel import Pool
 from fedmoe.models import build_network
 
 ARCH = "fmnist-cnn"
@@ -30,9 +30,14 @@ DROP = 0.25
 SIZES = [23, 40, 7, 16, 31]
 
 
-@pytest.fixture(scope="module")
-def pool() -> Iterator[Workers]:
-    with parallel.workers(2) as workers:
+@pytest.fixture(scope="module", params=["processes", "ray"])
+def pool(request: pytest.FixtureRequest) -> Iterator[Pool]:
+    """Two local worker processes, or two Ray actors on a real local Ray."""
+    ray = None
+    if request.param == "ray":
+        request.getfixturevalue("local_ray")
+        ray = "local"
+    with parallel.workers(2, ray) as workers:
         assert workers is not None
         yield workers
 
@@ -53,9 +58,7 @@ def _problem(dtype: torch.dtype) -> tuple[object, ClientData, ClientData, Client
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_workers_train_and_evaluate_exactly_as_one_process(
-    pool: Workers, dtype: torch.dtype
-) -> None:
+def test_workers_train_and_evaluate_exactly_as_one_process(pool: Pool, dtype: torch.dtype) -> None:
     net, data, val, shared = _problem(dtype)
     k = len(SIZES)
     params = net.init(1, torch.arange(k), "parallel", dtype=dtype)  # type: ignore[attr-defined]
@@ -92,7 +95,7 @@ class _Local(Classifier):
 
 
 def test_what_cannot_travel_runs_in_this_process(
-    pool: Workers, caplog: pytest.LogCaptureFixture
+    pool: Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
     net, data, _, _ = _problem(torch.float64)
     k = len(SIZES)
@@ -111,7 +114,7 @@ def test_what_cannot_travel_runs_in_this_process(
         assert torch.equal(got.params[name], expected.params[name])
 
 
-def test_a_workers_error_is_raised_here(pool: Workers) -> None:
+def test_a_workers_error_is_raised_here(pool: Pool) -> None:
     net, data, _, _ = _problem(torch.float64)
     k = len(SIZES)
     params = net.init(2, torch.arange(k), "parallel", dtype=torch.float64)  # type: ignore[attr-defined]

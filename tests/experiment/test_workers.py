@@ -1,6 +1,6 @@
-"""`fedmoe run --workers N`: the same results.json as one process (float32) for methods
-whose personalisation trains one model, a mixture, a kept part and a personal model; a
-bad count is a one-line error."""
+"""`fedmoe run --workers N` (local processes, or Ray actors with `--ray`): the same
+results.json as one process (float32) for methods whose personalisation trains one model,
+a mixture, a kept part and a personal model; a bad count is a one-line error."""
 
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ CONFIG: dict[str, Any] = {
 }
 
 
-def _run(tmp_path: Path, name: str, dtype: str, workers: int) -> dict[str, Any]:
+def _run(tmp_path: Path, name: str, dtype: str, workers: int, *more: str) -> dict[str, Any]:
     cfg = tmp_path / f"{dtype}.toml"
     cfg.write_text(dumps_toml({**CONFIG, "dtype": dtype}))
     out = tmp_path / name
     args = ["run", "--config", cfg, "--out", out, "--quiet", "--threads", 1, "--workers", workers]
+    args += more
     try:
         main([str(a) for a in args])
     except SystemExit as exc:
@@ -51,9 +52,21 @@ def test_workers_give_the_results_of_one_process(tmp_path: Path) -> None:
     assert len(set(one["finetune"]["epochs"])) > 1
 
 
+@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
+def test_ray_workers_give_the_results_of_one_process(tmp_path: Path, local_ray: None) -> None:
+    one = _run(tmp_path, "one", "float32", 1)
+    on_ray = _run(tmp_path, "ray", "float32", 2, "--ray", "local")
+    assert on_ray == one
+
+
 def test_a_bad_worker_count_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["run", "--preset", "quick", "--workers", "0", "--out", str(tmp_path / "x")])
     assert exc.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--workers must be at least 1" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--preset", "quick", "--ray", "local", "--workers", "1"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--ray needs at least 2 workers" in err

@@ -5,8 +5,6 @@ line; `--workers` with `--ray` refused."""
 from __future__ import annotations
 
 import csv
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +26,6 @@ TINY: dict[str, Any] = {
     "personalise": {"epochs": 2, "lr": 1e-3},
     "method": {"moe": {"lr": 1e-3}},
 }
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """One Ray for the module (run_sweep uses a Ray that is already up)."""
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        configure_logging=False,
-        object_store_memory=100 * 1024 * 1024,
-    )
-    yield
-    ray.shutdown()
 
 
 def _rows(directory: Path) -> list[dict[str, str]]:

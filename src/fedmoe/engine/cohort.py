@@ -63,6 +63,14 @@ class ClientData:
         """The sub-cohort ``clients`` (positions in this cohort)."""
         return ClientData(self.x, self.y, self.index[clients], self.n[clients], self.shared)
 
+    def compact(self) -> ClientData:
+        """The same cohort over only the rows of ``x`` its clients use (what travels to
+        another machine); a shared cohort is returned as it is."""
+        if self.shared:
+            return self
+        rows, index = torch.unique(self.index, return_inverse=True)
+        return ClientData(self.x[rows], self.y[rows], index, self.n)
+
     def batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gather a batch: ``positions`` ``(K, B)`` into each client's examples.
 

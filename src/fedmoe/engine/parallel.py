@@ -11,7 +11,8 @@ personalisation and evaluation (:func:`engaged`); :func:`~fedmoe.engine.train.tr
 rounds, whose cohorts are small, stay in the calling process.
 
 Workers are spawned (not forked: the parent's OpenMP threads do not survive a fork) and
-reused for every stage of a run; tensors travel through shared memory.
+reused for every stage of a run; tensors travel through shared memory. Past one machine
+the same workers can be Ray actors (:mod:`fedmoe.engine.ray_pool`, ``--ray``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import queue
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.multiprocessing as tmp
@@ -39,18 +40,39 @@ T = TypeVar("T")
 Report = tuple[int, int, int]
 
 _REPORTS: Any = None  # the worker's end of the progress queue
-_AVAILABLE: Workers | None = None  # the pool opened by :func:`workers`, if any
-_ACTIVE: Workers | None = None  # the pool the engine splits cohorts over, if any
+_AVAILABLE: Pool | None = None  # the pool opened by :func:`workers`, if any
+_ACTIVE: Pool | None = None  # the pool the engine splits cohorts over, if any
 
 
-def _init_worker(reports: Any) -> None:
+class Pool(Protocol):
+    """What the engine splits cohorts over: :class:`Workers` (local processes) or
+    :class:`fedmoe.engine.ray_pool.RayWorkers` (Ray actors)."""
+
+    n: int
+
+    def close(self) -> None: ...
+
+    def can_send(self, what: object) -> bool:
+        """Whether ``what`` can travel to a worker (see :func:`sendable`)."""
+        ...
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        calls: Sequence[tuple[Any, ...]],
+        progress: Callable[[Sequence[Report]], None] | None = None,
+    ) -> list[T]: ...
+
+
+def init_worker(reports: Any) -> None:
+    """Set up a worker process: one torch thread, progress reports to ``reports``."""
     global _REPORTS
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
     _REPORTS = reports
 
 
-def _call(mixed: bool, fn: Callable[..., T], *args: Any) -> T:
+def call(mixed: bool, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in a worker, under the caller's bf16 autocast setting."""
     with precision.mixed(mixed, torch.device("cpu")):
         return fn(*args)
@@ -75,7 +97,7 @@ class Workers:
         ctx = tmp.get_context("spawn")
         self._reports = ctx.Queue()
         self._pool = ProcessPoolExecutor(
-            n, mp_context=ctx, initializer=_init_worker, initargs=(self._reports,)
+            n, mp_context=ctx, initializer=init_worker, initargs=(self._reports,)
         )
         self._unpicklable: set[str] = set()
 
@@ -84,23 +106,7 @@ class Workers:
         self._reports.close()
 
     def can_send(self, what: object) -> bool:
-        """Whether ``what`` (an objective, say) can travel to a worker; one that cannot
-        (a class defined in ``__main__`` or a closure) is run in this process, once
-        logged."""
-        try:
-            pickle.dumps(what)
-        except Exception as err:  # any failure to pickle means "cannot"
-            name = type(what).__qualname__
-            if name not in self._unpicklable:
-                self._unpicklable.add(name)
-                log.warning(
-                    "fedmoe: %s cannot be sent to worker processes (%s); its clients "
-                    "run in this process",
-                    name,
-                    err,
-                )
-            return False
-        return True
+        return sendable(what, self._unpicklable)
 
     def map(
         self,
@@ -112,7 +118,7 @@ class Workers:
         ``progress`` sees every report as it arrives (the latest per chunk). A worker's
         exception is raised here."""
         mixed = precision.on_cpu()
-        futures: list[Future[T]] = [self._pool.submit(_call, mixed, fn, *args) for args in calls]
+        futures: list[Future[T]] = [self._pool.submit(call, mixed, fn, *args) for args in calls]
         latest: dict[int, Report] = {}
         while not all(f.done() for f in futures):
             try:
@@ -125,14 +131,42 @@ class Workers:
         return [f.result() for f in futures]
 
 
+def sendable(what: object, refused: set[str]) -> bool:
+    """Whether ``what`` (an objective, say) can travel to a worker; one that cannot (a
+    class defined in ``__main__`` or a closure) is run in this process, logged once per
+    type (``refused`` holds the types logged)."""
+    try:
+        pickle.dumps(what)
+    except Exception as err:  # any failure to pickle means "cannot"
+        name = type(what).__qualname__
+        if name not in refused:
+            refused.add(name)
+            log.warning(
+                "fedmoe: %s cannot be sent to worker processes (%s); its clients run in "
+                "this process",
+                name,
+                err,
+            )
+        return False
+    return True
+
+
 @contextmanager
-def workers(n: int) -> Iterator[Workers | None]:
+def workers(n: int | None, ray: str | None = None) -> Iterator[Pool | None]:
     """A pool of ``n`` workers made available for the block (no processes for ``n`` < 2);
-    the driver engages it where clients are independent (:func:`engaged`)."""
+    the driver engages it where clients are independent (:func:`engaged`). With ``ray``
+    (``"local"`` or a cluster's address) the workers are Ray actors, ``n`` ``None``
+    meaning one per CPU of the cluster."""
     global _AVAILABLE
-    if n < 1:
+    pool: Pool | None
+    if ray is not None:
+        from fedmoe.engine.ray_pool import RayWorkers
+
+        pool = RayWorkers(ray, n)
+    elif n is None or n < 1:
         raise ValueError(f"workers must be at least 1, got {n}")
-    pool = Workers(n) if n > 1 else None
+    else:
+        pool = Workers(n) if n > 1 else None
     previous, _AVAILABLE = _AVAILABLE, pool
     try:
         yield pool
@@ -151,7 +185,7 @@ def engaged(allowed: bool = True) -> Iterator[None]:
 
 
 @contextmanager
-def using(pool: Workers | None) -> Iterator[None]:
+def using(pool: Pool | None) -> Iterator[None]:
     """Let the engine split cohorts over ``pool`` inside the block."""
     global _ACTIVE
     previous, _ACTIVE = _ACTIVE, pool
@@ -161,7 +195,7 @@ def using(pool: Workers | None) -> Iterator[None]:
         _ACTIVE = previous
 
 
-def active() -> Workers | None:
+def active() -> Pool | None:
     """The pool cohorts are split over here (``None`` in a worker and by default)."""
     return _ACTIVE
 
@@ -177,7 +211,7 @@ def chunks(k: int, pieces: int) -> list[torch.Tensor]:
     return [torch.arange(a, b) for a, b in itertools.pairwise(bounds)]
 
 
-def pieces(k: int, max_cohort: int, pool: Workers | None) -> int:
+def pieces(k: int, max_cohort: int, pool: Pool | None) -> int:
     """How many chunks ``k`` clients are split into: enough to keep each within
     ``max_cohort``, and at least one per worker of ``pool``."""
     least = math.ceil(k / max_cohort) if k else 1

@@ -12,17 +12,13 @@ installed in the Python that Ray runs.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedmoe.errors import ConfigError, FedmoeError
+from fedmoe.engine import ray_pool
+from fedmoe.errors import FedmoeError
 from fedmoe.experiment import config as cfgmod
-
-#: ``--ray`` value that starts a Ray on this machine for the sweep (and stops it after).
-LOCAL = "local"
-
 
 #: What a task runs: :func:`fedmoe.sweep.runner.attempt` (run directory, config).
 Attempt = Callable[[Path, cfgmod.ExperimentConfig], str]
@@ -44,29 +40,19 @@ def run_all(
     on_done: Callable[[], object],
 ) -> dict[Path, str]:
     """Run ``attempt`` for each of ``runs`` (label, config, run directory) as a Ray task
-    on ``address`` (:data:`LOCAL`, or a cluster address such as ``auto`` or
+    on ``address`` (:data:`~fedmoe.engine.ray_pool.LOCAL`, or a cluster address such as ``auto`` or
     ``ray://host:10001``); ``on_done`` is called after each. Returns run directory ->
     outcome.
     The first run that fails cancels the rest and is raised as a one-line error."""
+    ray = ray_pool.ray_module()
+    started_here = ray_pool.connect(address)
     try:
-        import ray
-    except ImportError:
-        raise ConfigError(
-            "--ray needs Ray: pip install 'flwr[simulation]' (or ray) in fedmoe's environment"
-        ) from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        _init(ray, address)
-    try:
-        task = ray.remote(num_cpus=1)(_task)
-        env = {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
-        task = task.options(runtime_env=env)
+        task = ray.remote(num_cpus=1)(_task).options(runtime_env=ray_pool.ONE_THREAD)
         pending = {
             task.remote(attempt, str(run_dir.resolve()), cfgmod.to_dict(cfg)): (label, run_dir)
             for label, cfg, run_dir in runs
         }
-        cpus = int(ray.cluster_resources().get("CPU", 0))  # type: ignore[no-untyped-call]
-        log(f"ray: {len(pending)} run(s) as tasks on {cpus} CPU(s)")
+        log(f"ray: {len(pending)} run(s) as tasks on {ray_pool.cluster_cpus()} CPU(s)")
         outcomes: dict[Path, str] = {}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -76,32 +62,10 @@ def run_all(
             except ray.exceptions.RayTaskError as err:
                 for ref in pending:
                     ray.cancel(ref, force=True)
-                cause = err.cause if isinstance(err.cause, BaseException) else err
-                reason = " ".join(str(cause).split()) or type(cause).__name__
-                raise FedmoeError(f"{label} failed on Ray: {reason}") from None
+                raise FedmoeError(f"{label} failed on Ray: {ray_pool.reason(err)}") from None
             log(f"{label}: {outcomes[run_dir]}")
             on_done()
         return outcomes
     finally:
         if started_here:
             ray.shutdown()
-
-
-def _init(ray: Any, address: str) -> None:
-    # Keep Ray 2.x's notice about a future default (accelerator variables) quiet.
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    if address == LOCAL:
-        # A private Ray of this machine's cores, on loopback, without the dashboard.
-        ray.init(
-            num_cpus=os.cpu_count() or 1,
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            log_to_driver=False,
-            configure_logging=False,
-        )
-        return
-    try:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, ValueError, RuntimeError) as err:
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise ConfigError(f"--ray {address}: cannot connect to the Ray cluster: {reason}") from None
