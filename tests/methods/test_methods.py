@@ -35,11 +35,13 @@ from fedmoe.federation import (
 )
 from fedmoe.methods import Method, Output, RunSpec, registry
 from fedmoe.methods.base import Federated, federated_output, global_model
+from fedmoe.methods.ditto import Ditto, DittoOptions
 from fedmoe.methods.fedavg import FedAvg
 from fedmoe.methods.finetune import FineTune
 from fedmoe.methods.local import Local
 from fedmoe.methods.mixture import Mixture, combine
 from fedmoe.methods.moe import Moe, MoeOptions, mixture_of
+from fedmoe.methods.moe_ditto import MoeDitto, MoeDittoOptions
 from fedmoe.methods.moe_staged import MoeStaged, MoeStagedOptions
 from fedmoe.methods.params import prefixed
 from fedmoe.methods.personal import personal_model
@@ -233,6 +235,27 @@ def test_federate_then_personalise_runs_and_moe_respects_freezing() -> None:
     shared = fedavg.evaluate(run, None, fed, {}, val)
     ev = evaluate(Classifier(run.net), global_model(fed), val)
     torch.testing.assert_close(shared.accuracy, ev.accuracy)
+
+
+def test_moe_ditto_is_the_papers_mixture_started_from_dittos_personal_models() -> None:
+    train, val, ids = _toy()
+    run = _toy_run()
+    clients = Clients(ids, train, val, torch.tensor([False, True, False, False]))
+    fed = _federated(run, FedAvg(), clients)
+    ditto = Ditto().personalise(
+        run, DittoOptions(), clients, {}, _federated(run, Ditto(), clients, DittoOptions())
+    )
+    options = MoeDittoOptions(lr=1e-2)
+    got = MoeDitto().personalise(run, options, clients, {"fedavg": fed, "ditto": ditto}, None)
+    # The same as moe whose "fine-tuned" models are Ditto's.
+    inputs = {"fedavg": fed, "finetune": Output(prefixed(personal_model(ditto), "model"))}
+    want = Moe().personalise(run, options.as_moe(), clients, inputs, None)
+    assert set(got.state) == set(want.state)
+    for name, p in want.state.items():
+        assert torch.equal(got.state[name], p), name
+    assert not torch.equal(got.state["specialist.fc1.weight"], personal_model(ditto)["fc1.weight"])
+    ev = MoeDitto().evaluate(run, options, got, {"fedavg": fed, "ditto": ditto}, val)
+    assert ev.gate is not None and ev.accuracy.shape == (4,)
 
 
 def test_federated_phase_is_deterministic_and_resumes_exactly() -> None:

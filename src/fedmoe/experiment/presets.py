@@ -142,8 +142,9 @@ PFL_BASELINES: dict[str, Any] = {
     "method": {"moe": {"lr": 1e-5}, "per-fedavg": {"beta": 0.1}},
 }
 
-#: The head-to-head study (docs/results/fashion-mnist/head-to-head/): every mixture,
-#: every baseline and the centralised bound at the paper's sizes and budget, all sharing
+#: The head-to-head study (docs/results/fashion-mnist/head-to-head/): every mixture
+#: (``moe-ditto`` is the paper's mixture over Ditto's personal models), every baseline
+#: and the centralised bound at the paper's sizes and budget, all sharing
 #: ``pfl-baselines``'s tuned federated phase; each method's own options at the values
 #: ``pfl-baselines`` and ``paper-plus`` use (their papers' defaults) until the study's
 #: per-method grid replaces them.
@@ -155,6 +156,7 @@ HEAD_TO_HEAD: dict[str, Any] = {
         "ifca",
         "moe-ifca",
         *PFL_BASELINE_METHODS,
+        "moe-ditto",
         "centralised",
     ],
     "method": {**PFL_BASELINES["method"], "ifca": {"models": 3}},

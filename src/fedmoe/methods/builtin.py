@@ -14,6 +14,7 @@ from fedmoe.methods import (
     lg_fedavg,
     local,
     moe,
+    moe_ditto,
     moe_ifca,
     moe_plus,
     moe_staged,
@@ -43,6 +44,7 @@ for _method in (
     fedrep.FedRep,
     lg_fedavg.LgFedAvg,
     fedbabu.FedBabu,
+    moe_ditto.MoeDitto,
 ):
     register(_method)
 

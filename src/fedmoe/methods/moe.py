@@ -74,10 +74,11 @@ def train_mixture(
     clients: Clients,
     inputs: Mapping[str, Output],
     description: str,
+    source: str = FineTune.name,
 ) -> Output:
-    """Train each client's mixture: FT's models initialise the specialists, the gate
-    starts fresh, the global expert is frozen. The output holds ``specialist.*`` and
-    ``gate.*``."""
+    """Train each client's mixture: the personal models of the method ``source`` (FT's
+    by default) initialise the specialists, the gate starts fresh, the global expert is
+    frozen. The output holds ``specialist.*`` and ``gate.*``."""
     gate_net, device = run.gate_net, clients.device
     gate = gate_net.init(run.seed, clients.ids, "moe/gate-init", run.dtype, device)
     gate[gate_net.output_bias] = gate[gate_net.output_bias] + options.gate_bias
@@ -85,7 +86,7 @@ def train_mixture(
         spec = run.specialist_net
         start = spec.init(run.seed, clients.ids, "moe/specialist-init", run.dtype, device)
     else:
-        start = personal_model(inputs[FineTune.name])
+        start = personal_model(inputs[source])
     specialist = prefixed(start, SPECIALIST)
     trained = prefixed(gate, GATE)
     objective = mixture_of(run, options, inputs)
