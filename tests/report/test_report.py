@@ -677,6 +677,8 @@ def test_the_leaderboard_ranks_methods_and_pairs_each_mixture_with_the_best_base
         path = run / "results.json"
         results = json.loads(path.read_text())
         results["timing_s"] = {"fedavg": 100.0, "local": 10.0, "finetune": 20.0, "moe": 30.0}
+        if run.name.startswith("p=0.5"):  # clients 1 and 3 opted out: new clients
+            results["partition"] = {"opt_out": [False, True, False, True]}
         path.write_text(json.dumps(results))
     text = write_report(root).read_text()
     sweep = read_sweep(root)
@@ -693,7 +695,14 @@ def test_the_leaderboard_ranks_methods_and_pairs_each_mixture_with_the_best_base
             rows[0][4]
             == f"{100 * statistics.fmean(worst):.2f} ± {100 * statistics.stdev(worst):.2f}"
         )
-        assert rows[0][5].rstrip(" |") == "30"
+        if p == "0.5":
+            assert "| new clients, local (%) |" in table
+            new = [statistics.fmean(_accuracies({"p": p}, s, 3)[0][1::2]) for s in (0, 1)]
+            mean, std = 100 * statistics.fmean(new), 100 * statistics.stdev(new)
+            assert rows[0][5] == f"{mean:.2f} ± {std:.2f}"
+        else:
+            assert "new clients" not in table
+        assert rows[0][-1].rstrip(" |") == "30"
         diffs = [
             100
             * (

@@ -2,7 +2,10 @@
 
 Per cell, every method ranked by its local-test accuracy (client mean, then mean over
 seeds), with its global-test accuracy, its worst clients (the mean local-test accuracy
-of the worst tenth of clients, at least one, averaged over seeds) and its compute time
+of the worst tenth of clients, at least one, averaged over seeds), its new clients'
+(where a cell has opt-out clients: their mean local-test accuracy, averaged over
+seeds; they took no part in federation and were personalised afterwards from what it
+produced) and its compute time
 (the method's phase in ``timing_s``: its federated phase and personalisation; the
 shared evaluation is not split by method). Under each table, each mixture (a method
 with gate statistics) against the best baseline of the cell (the highest-ranked
@@ -16,6 +19,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from typing import Any
 
 from fedmoe.report.paired import differences
 from fedmoe.sweep.reader import Cell, Stat, Sweep, accuracy, runs_of
@@ -51,6 +55,24 @@ def _worst(sweep: Sweep, cell: Cell, method: str) -> Stat:
     return Stat.of(found)
 
 
+def new_clients(results: dict[str, Any], method: str) -> float:
+    """The mean local-test accuracy of a run's opt-out clients (clients that took no part
+    in federation and were personalised from what it produced); NaN without any."""
+    opt_out = results.get("partition", {}).get("opt_out", [])
+    per_client = results["methods"][method]["local_test"]["per_client"]
+    values = [float(a) for a, out in zip(per_client, opt_out, strict=False) if out]
+    return statistics.fmean(values) if values else math.nan
+
+
+def _new(sweep: Sweep, cell: Cell, method: str) -> Stat:
+    found = [new_clients(r, method) for r in runs_of(sweep, cell, method)]
+    return Stat.of([v for v in found if not math.isnan(v)])
+
+
+def _has_new_clients(sweep: Sweep, cell: Cell) -> bool:
+    return any(any(r.get("partition", {}).get("opt_out", [])) for r in runs_of(sweep, cell))
+
+
 def _seconds(sweep: Sweep, cell: Cell, method: str) -> str:
     times = [
         float(r.get("timing_s", {}).get(method, math.nan)) for r in runs_of(sweep, cell, method)
@@ -74,10 +96,12 @@ def best_baseline(sweep: Sweep, cell: Cell) -> str | None:
 
 
 def _table(sweep: Sweep, cell: Cell) -> str:
+    new = _has_new_clients(sweep, cell)
     lines = [
         "| rank | method | local test (%) | global test (%) | worst 10% of clients, local (%) "
-        "| method's phases (s) |",
-        "|---:|---|---:|---:|---:|---:|",
+        + ("| new clients, local (%) " if new else "")
+        + "| method's phases (s) |",
+        "|---:|---|---:|---:|---:|---:|" + ("---:|" if new else ""),
     ]
     for rank, method in enumerate(ranking(cell, sweep.methods), 1):
         name = sweep.label(method).replace("|", "\\|")
@@ -89,6 +113,7 @@ def _table(sweep: Sweep, cell: Cell) -> str:
             _percent(accuracy(cell, method, "local")),
             _percent(accuracy(cell, method, "global")),
             _percent(_worst(sweep, cell, method)),
+            *([_percent(_new(sweep, cell, method))] if new else []),
             _seconds(sweep, cell, method),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -130,7 +155,9 @@ def leaderboard_section(sweep: Sweep) -> str:
         "Per cell, methods by local-test accuracy (client mean; mean ± std over seeds), "
         "mixtures in bold; the worst tenth of clients' mean local-test accuracy; the "
         "seconds of the method's own phase (federated and personalisation; evaluation "
-        "is shared). Below each table, each mixture against the cell's best baseline "
+        "is shared); where a cell has opt-out clients, their mean local-test accuracy "
+        "apart, as new clients (they took no part in federation and were personalised "
+        "from what it produced). Below each table, each mixture against the cell's best baseline "
         "(neither a mixture nor the centralised bound), paired within each run.\n\n"
     ]
     for cell in sweep.cells:
