@@ -56,6 +56,7 @@ NODE_METHODS = (
     "fedrep",
     "lg-fedavg",
     "fedbabu",
+    "moe-ditto",
 )
 
 

@@ -258,6 +258,20 @@ def test_ditto_on_the_flower_app_equals_the_simulator_and_opt_out_nodes_send_not
     parity.assert_opt_out_nodes_send_nothing()
 
 
+@needs_fashion
+def test_the_mixture_over_dittos_models_on_the_flower_app_equals_the_simulator() -> None:
+    methods = ["fedavg", "ditto", "moe-ditto"]
+    settings = {
+        **SMALL,
+        "methods": methods,
+        "method": {**SMALL["method"], "moe-ditto": {"lr": 1e-2}},
+    }
+    parity = flower_parity(settings, restore_threads=True)
+    for name in methods:
+        assert parity.flower["methods"][name] == parity.embedded["methods"][name], name
+    assert parity.embedded["methods"]["moe-ditto"]["gate"]["local_test"]["all"]
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

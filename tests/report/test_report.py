@@ -720,3 +720,28 @@ def test_the_leaderboard_ranks_methods_and_pairs_each_mixture_with_the_best_base
         assert expected in table
     assert worst_clients([0.9, 0.2, 0.5]) == 0.2
     assert worst_clients([float(i) for i in range(20)]) == 0.5
+
+
+def test_the_tuning_section_chooses_each_methods_cell_on_validation(tmp_path: Path) -> None:
+    from fedmoe.report.tuning import choices
+
+    root = make_sweep(tmp_path / "tune", {"method.moe.lr": ["0.001", "0.01", "0.1"]}, [0, 1])
+    assert "## Chosen on validation" not in write_report(root).read_text()  # no val scores
+    # MoE's validation accuracy peaks at lr 0.01 (its test accuracy at 0.1: not chosen
+    # on); FedAvg's is the same in every cell: nothing to choose.
+    val = {"0.001": 0.70, "0.01": 0.80, "0.1": 0.75}
+    for run in (root / "runs").iterdir():
+        path = run / "results.json"
+        results = json.loads(path.read_text())
+        lr, seed = run.name.split("=")[1].split("-s")
+        for method, entry in results["methods"].items():
+            mean = val[lr] + 0.01 * int(seed) if method == "moe" else 0.6
+            entry["val"] = {"per_client": [mean] * 4, "mean": mean, "std": 0.0, "min": mean}
+        path.write_text(json.dumps(results))
+    sweep = read_sweep(root)
+    chosen = choices(sweep)
+    assert list(chosen) == ["moe"] and chosen["moe"].grid[0].text == "0.01"
+    section = write_report(root).read_text().split("## Chosen on validation")[1].split("##")[0]
+    assert "| method.moe.lr | MoE |" in section
+    assert "| 0.01 | **80.50 ± 0.71** |" in section and "| 0.1 | 75.50 ± 0.71 |" in section
+    assert "- MoE: method.moe.lr = 0.01 (validation 80.50 ± 0.71%; local test" in section

@@ -18,9 +18,7 @@ the same workers can be Ray actors (:mod:`fedmoe.engine.ray_pool`, ``--ray``).
 from __future__ import annotations
 
 import itertools
-import logging
 import math
-import pickle
 import queue
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -30,16 +28,12 @@ from typing import Any, Protocol, TypeVar
 import torch
 import torch.multiprocessing as tmp
 
-from fedmoe.engine import precision
-
-log = logging.getLogger("fedmoe")
+from fedmoe.engine import precision, worker
+from fedmoe.engine.worker import Report
 
 T = TypeVar("T")
 
-#: What a worker reports: (chunk, epochs done, clients still training).
-Report = tuple[int, int, int]
 
-_REPORTS: Any = None  # the worker's end of the progress queue
 _AVAILABLE: Pool | None = None  # the pool opened by :func:`workers`, if any
 _ACTIVE: Pool | None = None  # the pool the engine splits cohorts over, if any
 
@@ -64,29 +58,6 @@ class Pool(Protocol):
     ) -> list[T]: ...
 
 
-def init_worker(reports: Any) -> None:
-    """Set up a worker process: one torch thread, progress reports to ``reports``."""
-    global _REPORTS
-    torch.set_num_threads(1)
-    torch.set_num_interop_threads(1)
-    _REPORTS = reports
-
-
-def call(mixed: bool, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` in a worker, under the caller's bf16 autocast setting."""
-    with precision.mixed(mixed, torch.device("cpu")):
-        return fn(*args)
-
-
-def report(chunk: int) -> Callable[[int, int], None]:
-    """A worker's progress callback for ``chunk`` (sends to the parent's bar)."""
-
-    def send(done: int, active: int) -> None:
-        _REPORTS.put((chunk, done, active))
-
-    return send
-
-
 class Workers:
     """``n`` spawned worker processes with one torch thread each."""
 
@@ -97,7 +68,7 @@ class Workers:
         ctx = tmp.get_context("spawn")
         self._reports = ctx.Queue()
         self._pool = ProcessPoolExecutor(
-            n, mp_context=ctx, initializer=init_worker, initargs=(self._reports,)
+            n, mp_context=ctx, initializer=worker.init, initargs=(self._reports,)
         )
         self._unpicklable: set[str] = set()
 
@@ -106,7 +77,7 @@ class Workers:
         self._reports.close()
 
     def can_send(self, what: object) -> bool:
-        return sendable(what, self._unpicklable)
+        return worker.sendable(what, self._unpicklable)
 
     def map(
         self,
@@ -118,7 +89,9 @@ class Workers:
         ``progress`` sees every report as it arrives (the latest per chunk). A worker's
         exception is raised here."""
         mixed = precision.on_cpu()
-        futures: list[Future[T]] = [self._pool.submit(call, mixed, fn, *args) for args in calls]
+        futures: list[Future[T]] = [
+            self._pool.submit(worker.call, mixed, fn, *args) for args in calls
+        ]
         latest: dict[int, Report] = {}
         while not all(f.done() for f in futures):
             try:
@@ -129,26 +102,6 @@ class Workers:
             if progress is not None:
                 progress(list(latest.values()))
         return [f.result() for f in futures]
-
-
-def sendable(what: object, refused: set[str]) -> bool:
-    """Whether ``what`` (an objective, say) can travel to a worker; one that cannot (a
-    class defined in ``__main__`` or a closure) is run in this process, logged once per
-    type (``refused`` holds the types logged)."""
-    try:
-        pickle.dumps(what)
-    except Exception as err:  # any failure to pickle means "cannot"
-        name = type(what).__qualname__
-        if name not in refused:
-            refused.add(name)
-            log.warning(
-                "fedmoe: %s cannot be sent to worker processes (%s); its clients run in "
-                "this process",
-                name,
-                err,
-            )
-        return False
-    return True
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from fedmoe.engine import parallel, precision
+from fedmoe.engine import precision, worker
 from fedmoe.engine.cohort import ClientData
 from fedmoe.errors import ConfigError, FedmoeError
 
@@ -85,10 +85,10 @@ class _Actor:
     """One worker: one torch thread; runs what :meth:`RayWorkers.map` sends."""
 
     def __init__(self, reports: Any) -> None:
-        parallel.init_worker(reports)
+        worker.init(reports)
 
     def call(self, mixed: bool, fn: Callable[..., T], *args: Any) -> T:
-        return parallel.call(mixed, fn, *args)
+        return worker.call(mixed, fn, *args)
 
 
 class RayWorkers:
@@ -122,7 +122,7 @@ class RayWorkers:
             ray.shutdown()
 
     def can_send(self, what: object) -> bool:
-        return parallel.sendable(what, self._refused)
+        return worker.sendable(what, self._refused)
 
     def map(
         self,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fedmoe import rng
-from fedmoe.engine import parallel
+from fedmoe.engine import parallel, worker
 from fedmoe.engine.cohort import ClientData
 from fedmoe.engine.evaluate import EVAL_EXAMPLES, evaluate
 from fedmoe.engine.objective import (
@@ -123,7 +123,7 @@ def train(
         calls.append((chunk, objective, *part))
     if pool is not None and pool.can_send(objective):
 
-        def show(reports: Sequence[parallel.Report]) -> None:
+        def show(reports: Sequence[worker.Report]) -> None:
             if progress is not None:
                 progress(max(r[1] for r in reports), sum(r[2] for r in reports))
 
@@ -148,7 +148,7 @@ def _train_chunk(
     val: ClientData | None,
 ) -> TrainResult:
     """One chunk of a cohort, in a worker process (see :mod:`fedmoe.engine.parallel`)."""
-    return _train_cohort(objective, params, fixed, data, cfg, keys, val, parallel.report(chunk))
+    return _train_cohort(objective, params, fixed, data, cfg, keys, val, worker.report(chunk))
 
 
 def _rows(params: Params, index: torch.Tensor) -> Params:

@@ -17,7 +17,12 @@ import torch
 from fedmoe.methods.base import Evaluated, Method
 from fedmoe.summary import gate_summary, summarise
 
-SPLITS = ("local_test", "global_test")
+#: What every method is scored on: each client's local test set, the global test set
+#: and each client's validation set (what choices are made on: tuning grids, never the
+#: test sets).
+SPLITS = ("local_test", "global_test", "val")
+#: The splits a mixture's gate statistics are kept for.
+GATE_SPLITS = SPLITS[:2]
 GATE_GROUPS = ("all", "majority", "other")
 
 
@@ -106,7 +111,7 @@ def _split_entries(
         s: summarise(torch.tensor(splits[s].accuracy, dtype=torch.float64)) for s in SPLITS
     }
     if splits[SPLITS[0]].gate is not None:
-        entry["gate"] = {s: splits[s].gate for s in SPLITS}
+        entry["gate"] = {s: splits[s].gate for s in GATE_SPLITS}
     details = method.details(options, splits[SPLITS[0]].scalars, variant)
     if details:
         entry["details" if variant is None else "extra"] = details
@@ -120,7 +125,7 @@ def method_entry(
     epochs: list[int] | None,
     info: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The results.json entry of ``method`` from its scores on both splits, the epochs
+    """The results.json entry of ``method`` from its scores on every split, the epochs
     it trained (per client) and its output's ``info``."""
     scores = _split_entries(method, options, splits, None)
     entry: dict[str, Any] = {
@@ -128,6 +133,7 @@ def method_entry(
         "description": method.description,
         "local_test": scores["local_test"],
         "global_test": scores["global_test"],
+        "val": scores["val"],
         "epochs": epochs,
     }
     if "gate" in scores:

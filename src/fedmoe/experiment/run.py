@@ -1,7 +1,8 @@
 """The embedded simulator's one driver: run the configured methods in order, each
 through its hooks (:mod:`fedmoe.methods.base`), checkpoint every stage, evaluate every
-method on each client's local test set and on the global test set, and return
-self-describing results (docs/results-format.md).
+method on each client's local test set, on the global test set and on each client's
+validation set (what tuning grids choose on), and return self-describing results
+(docs/results-format.md).
 
 config -> dataset arrays -> partition -> tensors on the device (once) -> for each
 method: its federated phase (if any) over the opt-in clients, then its
@@ -198,7 +199,7 @@ def _evaluate(
     inputs = {n: outputs[n] for n in method.needs}
     majority = majority_mask(prep.partition, prep.dataset.num_classes, prep.train.x.device)
     scores = {}
-    for split, data in zip(SPLITS, (prep.test, prep.global_test), strict=True):
+    for split, data in zip(SPLITS, (prep.test, prep.global_test, prep.val), strict=True):
         ev = method.evaluate(run, options, outputs[name], inputs, data)
         scores[split] = Scores.of(ev, majority)
     own = outputs[name]

@@ -115,7 +115,8 @@ class Node:
         return outputs
 
     def evaluate(self, outputs: Mapping[str, Output]) -> dict[str, dict[str, Scores]]:
-        """Every method's scores on this node's local test set and the global test set."""
+        """Every method's scores on this node's local test set, the global test set and
+        its validation set."""
         device = self.clients.device
         majority = torch.zeros(1, self.data.num_classes, dtype=torch.bool, device=device)
         majority[0, list(self.data.majority)] = True
@@ -124,7 +125,8 @@ class Node:
             method, options = self.method(name)
             inputs = {n: outputs[n] for n in method.needs}
             scores[name] = {}
-            for split, data in zip(SPLITS, (self.data.test, self.data.global_test), strict=True):
+            splits = (self.data.test, self.data.global_test, self.data.val)
+            for split, data in zip(SPLITS, splits, strict=True):
                 with self._precision():
                     ev = method.evaluate(self.run, options, outputs[name], inputs, data)
                 scores[name][split] = Scores.of(ev, majority)

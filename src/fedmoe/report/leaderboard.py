@@ -30,7 +30,8 @@ BOUNDS = ("centralised",)
 WORST = 0.1
 
 
-def _percent(stat: Stat) -> str:
+def percent(stat: Stat) -> str:
+    """A statistic of accuracies in percent: mean, ± std with several seeds; - for none."""
     if not stat.n or math.isnan(stat.mean):
         return "-"
     if stat.n == 1:
@@ -110,10 +111,10 @@ def _table(sweep: Sweep, cell: Cell) -> str:
         cells = [
             str(rank),
             name,
-            _percent(accuracy(cell, method, "local")),
-            _percent(accuracy(cell, method, "global")),
-            _percent(_worst(sweep, cell, method)),
-            *([_percent(_new(sweep, cell, method))] if new else []),
+            percent(accuracy(cell, method, "local")),
+            percent(accuracy(cell, method, "global")),
+            percent(_worst(sweep, cell, method)),
+            *([percent(_new(sweep, cell, method))] if new else []),
             _seconds(sweep, cell, method),
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -21,6 +21,7 @@ from fedmoe.experiment import config as cfgmod
 from fedmoe.report.figures import Plot, Skipped, write_plots
 from fedmoe.report.leaderboard import leaderboard_section
 from fedmoe.report.paired import paired_section
+from fedmoe.report.tuning import tuning_section
 from fedmoe.sweep.reader import (
     SPLITS,
     Cell,
@@ -335,6 +336,7 @@ def render(sweep: Sweep, found: Sequence[Plot | Skipped]) -> str:
         "### On the global test set\n\n"
         f"{accuracy_table(sweep, 'global')}\n\n"
         f"{leaderboard_section(sweep)}"
+        f"{tuning_section(sweep)}"
         f"{paired_section(sweep)}"
         f"{_variants_sections(sweep)}"
         "## Plots\n\n"

@@ -1,0 +1,64 @@
+#!/bin/sh
+# The head-to-head study's tuning grids (issue 20), seed 0, chosen on validation only.
+#
+#   scripts/head-to-head-tuning.sh SETTING STAGE [fedmoe sweep options...]
+#
+# SETTING: p08 (majority class p = 0.8) or alpha03 (Dirichlet alpha = 0.3).
+# STAGE:   personalise  the shared personalisation stage (FT's and Local's, used by
+#                       every method's post-federation training): Adam and SGD with
+#                       momentum 0.9, learning rates over two decades;
+#          <method>     that method's own options (see the case below), with the
+#                       personalisation settings the previous stage chose (PERSONALISE).
+#                       FedAvg, Local, FT, FedPer and LG-FedAvg have no options of
+#                       their own beyond the shared phases.
+# Each grid is a resumable `fedmoe sweep` into runs/h2h-tuning/SETTING/STAGE[-*]: run the
+# same command again after an interruption; finished runs are skipped. Every run scores
+# each method on the clients' validation sets, and `fedmoe report` writes the choice
+# ("Chosen on validation"). Publish a finished grid with
+#   scripts/publish-sweep.sh runs/h2h-tuning/SETTING/STAGE \
+#       docs/results/fashion-mnist/head-to-head/tuning/SETTING/STAGE
+# PERSONALISE: --set overrides for the personalisation stage the first grid chose, as
+# one string (default: the paper's Adam 5e-5).
+set -eu
+[ $# -ge 2 ] || { sed -n '2,20p' "$0" >&2; exit 2; }
+setting=$1 stage=$2
+shift 2
+case $setting in
+    p08) where="--set partition.p=0.8" ;;
+    alpha03) where="--set partition.scheme=dirichlet --set partition.alpha=0.3" ;;
+    *) echo "$0: unknown setting $setting (p08 or alpha03)" >&2; exit 2 ;;
+esac
+fedmoe=${FEDMOE:-fedmoe}
+out=runs/h2h-tuning/$setting
+personalise=${PERSONALISE:-}
+
+sweep() {  # sweep NAME METHODS GRID... : one grid, the methods in TOML array syntax
+    name=$1 methods=$2
+    shift 2
+    # shellcheck disable=SC2086  # $where and $personalise are lists of options
+    "$fedmoe" sweep --preset head-to-head $where $personalise --set "methods=$methods" \
+        --seeds 1 --out "$out/$name" "$@"
+}
+
+case $stage in
+    personalise)
+        sweep personalise-adam '["fedavg","local","finetune"]' \
+            --grid personalise.lr=5e-5,5e-4,5e-3 "$@"
+        sweep personalise-sgd '["fedavg","local","finetune"]' \
+            --set personalise.optimizer=sgd --set personalise.momentum=0.9 \
+            --grid personalise.lr=1e-3,1e-2,1e-1 "$@" ;;
+    moe) sweep moe '["fedavg","finetune","moe"]' --grid method.moe.lr=1e-5,1e-4,1e-3 "$@" ;;
+    moe-ditto)
+        sweep moe-ditto '["fedavg","ditto","moe-ditto"]' \
+            --grid method.moe-ditto.lr=1e-5,1e-4,1e-3 "$@" ;;
+    fedprox) sweep fedprox '["fedprox"]' --grid method.fedprox.mu=0.001,0.01,0.1 "$@" ;;
+    ditto) sweep ditto '["ditto"]' --grid method.ditto.lam=0.01,0.1,1.0 "$@" ;;
+    apfl) sweep apfl '["apfl"]' --grid method.apfl.alpha=0.25,0.5,0.75 "$@" ;;
+    pfedme) sweep pfedme '["pfedme"]' --grid method.pfedme.lam=5.0,15.0,30.0 "$@" ;;
+    per-fedavg) sweep per-fedavg '["per-fedavg"]' --grid method.per-fedavg.alpha=0.001,0.01,0.1 "$@" ;;
+    fedrep) sweep fedrep '["fedrep"]' --grid method.fedrep.head_epochs=1,5,10 "$@" ;;
+    fedbabu) sweep fedbabu '["fedbabu"]' --grid method.fedbabu.finetune_epochs=5,20,0 "$@" ;;
+    pfl-moe) sweep pfl-moe '["fedavg","pfl-moe"]' --grid method.pfl-moe.lr=1e-4,1e-3,1e-2 "$@" ;;
+    ifca) sweep ifca '["ifca"]' --grid method.ifca.models=2,3,4 "$@" ;;
+    *) echo "$0: unknown stage $stage" >&2; exit 2 ;;
+esac
