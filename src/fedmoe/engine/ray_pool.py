@@ -128,7 +128,7 @@ class RayWorkers:
         self,
         fn: Callable[..., T],
         calls: Sequence[tuple[Any, ...]],
-        progress: Callable[[Sequence[tuple[int, int, int]]], None] | None = None,
+        progress: Callable[[Sequence[worker.Report]], None] | None = None,
     ) -> list[T]:
         """``fn(*args)`` for each ``args`` of ``calls`` on the actors (call ``i`` on
         actor ``i mod n``), results in order; ``progress`` sees every report as it
@@ -142,7 +142,7 @@ class RayWorkers:
             self._actors[i % self.n].call.remote(mixed, fn, *(_compact(a) for a in args))
             for i, args in enumerate(calls)
         ]
-        latest: dict[int, tuple[int, int, int]] = {}
+        latest: dict[int, worker.Report] = {}
         pending = list(refs)
         while pending:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.05)
