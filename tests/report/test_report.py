@@ -745,3 +745,13 @@ def test_the_tuning_section_chooses_each_methods_cell_on_validation(tmp_path: Pa
     assert "| method.moe.lr | MoE |" in section
     assert "| 0.01 | **80.50 ± 0.71** |" in section and "| 0.1 | 75.50 ± 0.71 |" in section
     assert "- MoE: method.moe.lr = 0.01 (validation 80.50 ± 0.71%; local test" in section
+
+
+def test_up_to_a_hundred_methods_each_have_their_own_colour_and_marker() -> None:
+    from fedmoe.report.plots import PALETTE, Methods
+
+    names = tuple(f"m{i}" for i in range(100))
+    methods = Methods(names, names)
+    styles = [methods.style(m) for m in names]
+    assert len(set(styles)) == 100
+    assert styles[:10] == list(PALETTE)  # the first ten as before

@@ -41,7 +41,8 @@ __all__ = [
     "plot_local_vs_global",
 ]
 
-#: (colour, marker) of the methods in report order; more methods than this reuse it.
+#: (colour, marker) of the first ten methods in report order; the next tens keep the
+#: colours and shift the markers (:meth:`Methods.style`), so up to 100 methods differ.
 PALETTE = (
     ("tab:blue", "s"),
     ("tab:orange", "^"),
@@ -69,8 +70,11 @@ class Methods:
     labels: tuple[str, ...]
 
     def style(self, method: str) -> tuple[str, str]:
-        """(colour, marker) of a method: its position's in :data:`PALETTE`."""
-        return PALETTE[self.names.index(method) % len(PALETTE)]
+        """(colour, marker) of a method: its position ``i``'s colour in :data:`PALETTE`
+        (``i mod 10``) and the marker ``i // 10`` places further, so no two of the first
+        100 methods look the same."""
+        i, n = self.names.index(method), len(PALETTE)
+        return PALETTE[i % n][0], PALETTE[(i + i // n) % n][1]
 
 
 def _method_handles(methods: Methods, line: bool) -> list[Line2D]:
