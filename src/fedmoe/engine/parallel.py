@@ -47,7 +47,7 @@ class Pool(Protocol):
     def close(self) -> None: ...
 
     def can_send(self, what: object) -> bool:
-        """Whether ``what`` can travel to a worker (see :func:`sendable`)."""
+        """Whether ``what`` can travel to a worker (:func:`fedmoe.engine.worker.sendable`)."""
         ...
 
     def map(
