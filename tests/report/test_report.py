@@ -755,3 +755,11 @@ def test_up_to_a_hundred_methods_each_have_their_own_colour_and_marker() -> None
     styles = [methods.style(m) for m in names]
     assert len(set(styles)) == 100
     assert styles[:10] == list(PALETTE)  # the first ten as before
+
+
+def test_grid_values_over_decades_are_plotted_on_a_log_axis() -> None:
+    from fedmoe.report.plots import log_axis
+
+    assert log_axis([5e-5, 5e-4, 5e-3]) and log_axis([0.01, 1.0])
+    assert not log_axis([0.2, 0.5, 0.8, 1.0])  # p: linear
+    assert not log_axis([0.0, 0.5, 0.9]) and not log_axis([0.1])

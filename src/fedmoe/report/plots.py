@@ -125,6 +125,12 @@ class Curve:
     err: tuple[float, ...]
 
 
+def log_axis(xs: Sequence[float]) -> bool:
+    """Whether values ``xs`` (sorted) go on a log axis: positive and over more than a
+    decade (learning rates, say)."""
+    return len(xs) > 1 and xs[0] > 0 and xs[-1] / xs[0] > 10
+
+
 def plot_curves(
     path: Path,
     title: str,
@@ -138,14 +144,19 @@ def plot_curves(
     ``style_labels[i]`` names line style ``i`` in a second legend (none when empty)."""
     figure, axes = _figure(len(panels), 5.2, 4.0, ncols=len(panels))
     xs = sorted({x for _, curves in panels for c in curves for x in c.x})
-    # Methods are nudged apart along x (by 1 % of the range) so error bars stay apart.
-    nudge = 0.01 * (xs[-1] - xs[0] if len(xs) > 1 else 1.0)
+    log = log_axis(xs)
+    # Methods are nudged apart along x (by 1 % of the range, or a factor of 1.01 on a log
+    # axis) so error bars stay apart.
+    nudge = 0.01 * (math.log(xs[-1] / xs[0]) if log else xs[-1] - xs[0] if len(xs) > 1 else 1.0)
     for ax, (panel_title, curves) in zip(axes, panels, strict=True):
+        if log:
+            ax.set_xscale("log")
+            ax.minorticks_off()
         for c in curves:
             color, marker = methods.style(c.method)
             shift = (methods.names.index(c.method) - (len(methods.names) - 1) / 2) * nudge
             ax.errorbar(
-                [x + shift for x in c.x],
+                [x * math.exp(shift) if log else x + shift for x in c.x],
                 c.y,
                 yerr=_finite(c.err),
                 color=color,
@@ -158,7 +169,7 @@ def plot_curves(
         ax.set_title(panel_title, fontsize=11)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy (%)")
-        ax.set_xticks(xs)
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
         ax.grid(alpha=0.3)
     handles: list[Line2D] = _method_handles(methods, line=True)
     labels = list(methods.labels)
