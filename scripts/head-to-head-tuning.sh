@@ -17,20 +17,23 @@
 # ("Chosen on validation"). Publish a finished grid with
 #   scripts/publish-sweep.sh runs/h2h-tuning/SETTING/STAGE \
 #       docs/results/fashion-mnist/head-to-head/tuning/SETTING/STAGE
-# PERSONALISE: --set overrides for the personalisation stage the first grid chose, as
-# one string (default: the paper's Adam 5e-5).
+# PERSONALISE: --set overrides for the personalisation stage, as one string (default:
+# what the setting's personalise grids chose, below; at p = 0.8 Adam lr 5e-4, chosen
+# over Adam 5e-5 .. 5e-3 and SGD with momentum 0.9 at 1e-3 .. 1e-1).
 set -eu
-[ $# -ge 2 ] || { sed -n '2,20p' "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,22p' "$0" >&2; exit 2; }
 setting=$1 stage=$2
 shift 2
+# chosen: the personalisation settings the setting's personalise grids chose (empty
+# until they have run; then every later grid of the setting uses them).
 case $setting in
-    p08) where="--set partition.p=0.8" ;;
-    alpha03) where="--set partition.scheme=dirichlet --set partition.alpha=0.3" ;;
+    p08) where="--set partition.p=0.8" chosen="--set personalise.lr=5e-4" ;;
+    alpha03) where="--set partition.scheme=dirichlet --set partition.alpha=0.3" chosen="" ;;
     *) echo "$0: unknown setting $setting (p08 or alpha03)" >&2; exit 2 ;;
 esac
 fedmoe=${FEDMOE:-fedmoe}
 out=runs/h2h-tuning/$setting
-personalise=${PERSONALISE:-}
+personalise=${PERSONALISE-$chosen}
 
 sweep() {  # sweep NAME METHODS GRID... : one grid, the methods in TOML array syntax
     name=$1 methods=$2
@@ -42,6 +45,7 @@ sweep() {  # sweep NAME METHODS GRID... : one grid, the methods in TOML array sy
 
 case $stage in
     personalise)
+        personalise=""
         sweep personalise-adam '["fedavg","local","finetune"]' \
             --grid personalise.lr=5e-5,5e-4,5e-3 "$@"
         sweep personalise-sgd '["fedavg","local","finetune"]' \
