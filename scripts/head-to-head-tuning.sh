@@ -59,7 +59,7 @@ case $stage in
     ditto) sweep ditto '["ditto"]' --grid method.ditto.lam=0.01,0.1,1.0 "$@" ;;
     apfl) sweep apfl '["apfl"]' --grid method.apfl.alpha=0.25,0.5,0.75,0.9,0.95,1.0 "$@" ;;
     pfedme) sweep pfedme '["pfedme"]' --grid method.pfedme.lam=5.0,15.0,30.0 "$@" ;;
-    per-fedavg) sweep per-fedavg '["per-fedavg"]' --grid method.per-fedavg.alpha=0.001,0.01,0.1 "$@" ;;
+    per-fedavg) sweep per-fedavg '["per-fedavg"]' --grid method.per-fedavg.alpha=0.001,0.01,0.1,0.3 "$@" ;;
     fedrep) sweep fedrep '["fedrep"]' --grid method.fedrep.head_epochs=1,5,10 "$@" ;;
     fedbabu) sweep fedbabu '["fedbabu"]' --grid method.fedbabu.finetune_epochs=5,20,0 "$@" ;;
     pfl-moe) sweep pfl-moe '["fedavg","pfl-moe"]' --grid method.pfl-moe.lr=1e-4,1e-3,1e-2 "$@" ;;
