@@ -147,6 +147,11 @@ def _against_best(sweep: Sweep, cell: Cell) -> str:
     return "\n".join(lines)
 
 
+def cell_title(sweep: Sweep, cell: Cell) -> str:
+    """A cell's grid values as ``key = value, ...`` (empty without grid keys)."""
+    return ", ".join(f"{k} = {v.text}" for k, v in zip(sweep.keys, cell.grid, strict=True))
+
+
 def leaderboard_section(sweep: Sweep) -> str:
     """The report's leaderboard section (empty for a sweep of fewer than two methods)."""
     if len(sweep.methods) < 2:
@@ -162,7 +167,7 @@ def leaderboard_section(sweep: Sweep) -> str:
         "(neither a mixture nor the centralised bound), paired within each run.\n\n"
     ]
     for cell in sweep.cells:
-        title = ", ".join(f"{k} = {v.text}" for k, v in zip(sweep.keys, cell.grid, strict=True))
+        title = cell_title(sweep, cell)
         parts.append(f"### {title or cell.name}\n\n{_table(sweep, cell)}\n\n")
         against = _against_best(sweep, cell)
         if against:

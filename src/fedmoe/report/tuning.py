@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fedmoe.report.leaderboard import percent
+from fedmoe.report.leaderboard import cell_title, percent
 from fedmoe.sweep.reader import Cell, Stat, Sweep, accuracy, runs_of
 
 
@@ -38,10 +38,6 @@ def choices(sweep: Sweep) -> dict[str, Cell]:
         if len({s.mean for _, s in scored}) > 1:
             chosen[method] = max(scored, key=lambda cs: cs[1].mean)[0]
     return chosen
-
-
-def _title(sweep: Sweep, cell: Cell) -> str:
-    return ", ".join(f"{k} = {v.text}" for k, v in zip(sweep.keys, cell.grid, strict=True))
 
 
 def tuning_section(sweep: Sweep) -> str:
@@ -69,7 +65,7 @@ def tuning_section(sweep: Sweep) -> str:
         cell = chosen[method]
         local, glob = accuracy(cell, method, "local"), accuracy(cell, method, "global")
         picks.append(
-            f"- {sweep.label(method)}: {_title(sweep, cell)} (validation "
+            f"- {sweep.label(method)}: {cell_title(sweep, cell)} (validation "
             f"{percent(validation(sweep, cell, method))}%; local test {percent(local)}%, "
             f"global test {percent(glob)}%)"
         )
