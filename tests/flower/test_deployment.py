@@ -114,19 +114,29 @@ def test_tls_deployment_with_opt_out_and_dying_nodes(
         for split in ("local_test", "global_test"):
             assert len(method[split]["per_client"]) == 3
     assert res["partition"]["opt_out"] == [False, False, True]
-    # Round 1 completed with the replies that arrived before its timeout.
+    # Round 1 completed with what arrived before its timeout. Which replies made it is
+    # the machine's timing (client 1's node may answer round 1 before the kill reaches
+    # it; on a loaded machine client 0's fresh ClientApp may miss the timeout), so the
+    # round must account for each sampled client exactly once, and aggregate only
+    # updates that really came from a node in round 1.
     assert list(res["flower"]["rounds"]) == ["fedavg"]
     rounds = res["flower"]["rounds"]["fedavg"]
     assert [r["round"] for r in rounds] == [0, 1]
-    assert 1 not in rounds[1]["aggregated"] and 0 in rounds[1]["aggregated"]
-    # Client 1's node was either still listed (its update is dropped) or already gone
-    # (the SuperLink noticed the missed heartbeats: it is absent).
-    assert 1 in rounds[1]["absent"] or any(
-        r["client"] == 1 and r["round"] == 1 and r["phase"] == "fedavg"
-        for r in res["flower"]["rejected"]
-    )
-    # The opt-out node was never asked to train and sent no parameters at all.
+    second = rounds[1]
     audit = res["flower"]["audit"]
+    rejected = [
+        r["client"] for r in res["flower"]["rejected"] if (r["phase"], r["round"]) == ("fedavg", 1)
+    ]
+    assert sorted(second["aggregated"] + second["absent"] + rejected) == sorted(second["sampled"])
+    answered = {
+        a["client"]
+        for a in audit
+        if (a["phase"], a["round"], a["message_type"]) == ("fedavg", 1, "train")
+        and a["error"] is None
+        and a["arrays"] > 0
+    }
+    assert set(second["aggregated"]) <= answered
+    # The opt-out node was never asked to train and sent no parameters at all.
     from_opt_out = [a for a in audit if a["client"] == 3]
     assert {a["message_type"] for a in from_opt_out} == {
         "query.hello",
