@@ -395,6 +395,22 @@ def report_cmd(
     console.print(f"report written to {write_report(directory)}")
 
 
+@app.command("merge")
+def merge_cmd(
+    out: Annotated[Path, typer.Argument(help="The merged sweep directory to write.")],
+    sweeps: Annotated[
+        list[Path], typer.Argument(help="Sweep directories of the same grid and seeds.")
+    ],
+) -> None:
+    """Merge sweeps that ran other methods over the same grid and seeds into OUT
+    (OUT/sweep.csv points at their runs), then write OUT's report: one leaderboard."""
+    from fedmoe.report import write_report
+    from fedmoe.sweep.merge import merge
+
+    console.print(f"sweep table written to {merge(out, sweeps)}")
+    console.print(f"report written to {write_report(out)}")
+
+
 def _fail(message: str, code: int) -> NoReturn:
     line = " ".join(str(message).split())
     sys.stderr.write(f"fedmoe: error: {line}\n")

@@ -1,9 +1,10 @@
 """Paired comparisons for the sweep report: each method against the baselines its
 results name (``baselines`` in results.json), seed by seed.
 
-Two methods' results from the same run (same cell and seed) share the partition and
-whatever the methods build on (the global model, the fine-tuned specialists), so their
-difference is a much sharper measure than the difference of their means over seeds:
+Two methods' results of the same cell and seed share the partition (the same clients,
+also across merged sweeps, :mod:`fedmoe.sweep.merge`), and within one run whatever the
+methods build on (the global model, the fine-tuned specialists), so their difference
+is a much sharper measure than the difference of their means over seeds:
 most of the spread between seeds is common to both and cancels. Per cell, a comparison
 is the per-seed difference in accuracy points, as ``mean ± sample std`` over the seeds
 that ran both methods, with the number of those seeds where the method came out ahead.
@@ -74,10 +75,10 @@ def paired_section(sweep: Sweep) -> str:
         return ""
     parts = [
         "## Paired differences\n\n"
-        "Each method minus each of the baselines its results name, within the same run "
-        "(same cell and seed: same partition, global model and specialists), in accuracy "
-        "points: mean ± std over seeds (no ± with one seed), and in parentheses the seeds "
-        "where the method is ahead / the seeds compared.\n\n"
+        "Each method minus each of the baselines its results name, seed by seed (same "
+        "cell and seed: the same clients; within one run also the same global model and "
+        "specialists), in accuracy points: mean ± std over seeds (no ± with one seed), and "
+        "in parentheses the seeds where the method is ahead / the seeds compared.\n\n"
     ]
     if local:
         parts.append(f"### On each client's local test set\n\n{local}\n\n")
