@@ -726,6 +726,16 @@ def test_checksum_mismatch(cli: Cli, tiny: Path, monkeypatch: pytest.MonkeyPatch
 RUN_EXPERIMENT = ("fedmoe.experiment.run.run_experiment", "fedmoe.experiment.rundir.run_experiment")
 
 
+def patch_driver(monkeypatch: pytest.MonkeyPatch, driver: Callable[..., None]) -> None:
+    """Replace every :data:`RUN_EXPERIMENT` target by ``driver``. rundir is imported
+    first: imported while ``run``'s driver is already patched, it would bind the patch
+    as its own, and monkeypatch would "restore" the patch for every later test."""
+    import fedmoe.experiment.rundir  # noqa: F401
+
+    for target in RUN_EXPERIMENT:
+        monkeypatch.setattr(target, driver)
+
+
 @pytest.fixture
 def no_experiment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail loudly (instead of training for hours) if a bad config reaches the driver."""
@@ -733,8 +743,7 @@ def no_experiment(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a bad configuration started an experiment")
 
-    for target in RUN_EXPERIMENT:
-        monkeypatch.setattr(target, refuse)
+    patch_driver(monkeypatch, refuse)
 
 
 @pytest.mark.parametrize("out", [False, True], ids=["no-out", "out"])
@@ -748,8 +757,7 @@ def test_a_good_config_reaches_the_patched_driver(
         started.append(cfg)
         raise ConfigError("stopped before training")
 
-    for target in RUN_EXPERIMENT:
-        monkeypatch.setattr(target, record)
+    patch_driver(monkeypatch, record)
     where = ("--out", tmp_path / "run") if out else ()
     args = ("--preset", "quick", "--set", "methods=fedavg,local,finetune,moe", *where)
     assert_user_error(cli("run", *args, "--quiet"), "stopped before training")
