@@ -62,7 +62,7 @@ case $stage in
     per-fedavg) sweep per-fedavg '["per-fedavg"]' --grid method.per-fedavg.alpha=0.001,0.01,0.1,0.3 "$@" ;;
     fedrep) sweep fedrep '["fedrep"]' --grid method.fedrep.head_epochs=1,5,10 "$@" ;;
     fedbabu) sweep fedbabu '["fedbabu"]' --grid method.fedbabu.finetune_epochs=5,20,0 "$@" ;;
-    pfl-moe) sweep pfl-moe '["fedavg","pfl-moe"]' --grid method.pfl-moe.lr=1e-4,1e-3,1e-2,1e-1,1.0 "$@" ;;
+    pfl-moe) sweep pfl-moe '["fedavg","pfl-moe"]' --grid method.pfl-moe.lr=1e-4,1e-3,1e-2,1e-1,1.0,10.0 "$@" ;;
     ifca) sweep ifca '["ifca"]' --grid method.ifca.models=2,3,4 "$@" ;;
     *) echo "$0: unknown stage $stage" >&2; exit 2 ;;
 esac
