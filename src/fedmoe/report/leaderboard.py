@@ -164,7 +164,7 @@ def leaderboard_section(sweep: Sweep) -> str:
         "is shared); where a cell has opt-out clients, their mean local-test accuracy "
         "apart, as new clients (they took no part in federation and were personalised "
         "from what it produced). Below each table, each mixture against the cell's best baseline "
-        "(neither a mixture nor the centralised bound), paired within each run.\n\n"
+        "(neither a mixture nor the centralised bound), paired seed by seed (the same clients).\n\n"
     ]
     for cell in sweep.cells:
         title = cell_title(sweep, cell)
