@@ -55,7 +55,7 @@ case $stage in
     moe-ditto)
         sweep moe-ditto '["fedavg","ditto","moe-ditto"]' \
             --grid method.moe-ditto.lr=1e-5,1e-4,1e-3 "$@" ;;
-    fedprox) sweep fedprox '["fedprox"]' --grid method.fedprox.mu=0.001,0.01,0.1 "$@" ;;
+    fedprox) sweep fedprox '["fedprox"]' --grid method.fedprox.mu=0.001,0.01,0.1,1.0 "$@" ;;
     ditto) sweep ditto '["ditto"]' --grid method.ditto.lam=0.01,0.1,1.0 "$@" ;;
     apfl) sweep apfl '["apfl"]' --grid method.apfl.alpha=0.25,0.5,0.75,0.9,0.95,1.0 "$@" ;;
     pfedme) sweep pfedme '["pfedme"]' --grid method.pfedme.lam=5.0,15.0,30.0 "$@" ;;
