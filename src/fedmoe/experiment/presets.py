@@ -185,14 +185,13 @@ HEAD_TO_HEAD: dict[str, Any] = {
 #: tuning grids at alpha = 0.3, seed 0, by validation accuracy only
 #: (docs/results/fashion-mnist/head-to-head/tuning/alpha03/): the same personalisation
 #: stage (Adam lr 5e-4; SGD 1e-2 would suit Local alone better), MoE lr 1e-4, Ditto lam
-#: 0.1, FedProx mu 0.1, pFedMe lam 15, Per-FedAvg alpha 0.1, FedRep 1 head epoch,
-#: FedBABU's fine-tuning = the shared stage. The grids not
-#: yet run at alpha = 0.3 keep their p = 0.8 choice (the head-to-head README's tuning
-#: table says which).
+#: 0.1, FedProx mu 0.1, APFL alpha 1.0, pFedMe lam 15, Per-FedAvg alpha 0.1, FedRep 1
+#: head epoch, FedBABU's fine-tuning = the shared stage. PFL-MoE, IFCA and MoE (Ditto),
+#: whose grids have not run at alpha = 0.3 yet, keep their p = 0.8 choices.
 HEAD_TO_HEAD_DIRICHLET: dict[str, Any] = {
     **HEAD_TO_HEAD,
     "partition": {**HEAD_TO_HEAD["partition"], "scheme": "dirichlet", "alpha": 0.3},
-    "method": {**HEAD_TO_HEAD["method"], "fedprox": {"mu": 0.1}},
+    "method": {**HEAD_TO_HEAD["method"], "fedprox": {"mu": 0.1}, "apfl": {"alpha": 1.0}},
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
