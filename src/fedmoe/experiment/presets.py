@@ -152,7 +152,7 @@ PFL_BASELINES: dict[str, Any] = {
 #: personalisation stage (over Adam 5e-5, 5e-3 and SGD with momentum 0.9 at 1e-3 .. 1e-1),
 #: MoE lr 1e-4, Ditto lam 0.1, FedProx mu 0.001, APFL alpha 0.95, pFedMe lam 15,
 #: Per-FedAvg alpha 0.1, FedRep 1 head epoch, FedBABU's fine-tuning = the shared stage,
-#: IFCA 3 models, PFL-MoE lr 1.0 (its grid's edge), MoE (Ditto) lr 1e-4.
+#: IFCA 3 models, PFL-MoE lr 10 (1.0: 0.02 points less), MoE (Ditto) lr 1e-4.
 HEAD_TO_HEAD: dict[str, Any] = {
     **PFL_BASELINES,
     "methods": [
@@ -175,7 +175,7 @@ HEAD_TO_HEAD: dict[str, Any] = {
         "pfedme": {"lam": 15.0},
         "per-fedavg": {"beta": 0.1, "alpha": 0.1},
         "fedrep": {"head_epochs": 1},
-        "pfl-moe": {"lr": 1.0},
+        "pfl-moe": {"lr": 10.0},
         "moe-ditto": {"lr": 1e-4},
     },
 }
