@@ -114,3 +114,14 @@ def test_a_missing_sweep_is_a_one_line_cli_error(
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("fedmoe: error: ") and "sweep.csv" in err and err.count("\n") == 1
+
+
+def test_a_header_the_report_reads_merges(tmp_path: Path) -> None:
+    """Header names are read as the report reads them (spaces around names allowed)."""
+    a, b = halves(tmp_path)
+    text = (b / "sweep.csv").read_text()
+    first, rest = text.split("\n", 1)
+    (b / "sweep.csv").write_text(", ".join(first.split(",")) + "\n" + rest)
+    read_sweep(b)
+    merge(tmp_path / "study", [a, b])
+    assert read_sweep(tmp_path / "study").methods == ("fedavg", "local", "finetune", "moe")

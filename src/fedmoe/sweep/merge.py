@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from fedmoe.sweep.format import COLUMNS
-from fedmoe.sweep.reader import SWEEP_CSV, GridValue, ReportError, Sweep, read_sweep
+from fedmoe.sweep.reader import (
+    SWEEP_CSV,
+    GridValue,
+    ReportError,
+    Sweep,
+    header_columns,
+    read_sweep,
+)
 
 
 def _data(results: dict[str, Any]) -> tuple[Any, ...]:
@@ -93,11 +100,11 @@ def merge(out: Path, sources: Sequence[Path]) -> Path:
 def _raw_rows(directory: Path) -> dict[int, list[str]]:
     """A sweep.csv's rows by line number, its columns in the order :data:`COLUMNS`
     names them after the grid keys (further columns dropped)."""
-    with (directory / SWEEP_CSV).open(newline="", encoding="utf-8") as f:
+    path = directory / SWEEP_CSV
+    with path.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
-        header = next(reader)
-        at = header.index("seed")
-        order = [*range(at), *(header.index(c) for c in COLUMNS)]
+        keys, at = header_columns(path, next(reader))
+        order = [at["cell"], *(at[k] for k in keys), *(at[c] for c in COLUMNS)]
         rows = {}
         for fields in reader:
             if fields:

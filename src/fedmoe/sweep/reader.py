@@ -162,7 +162,7 @@ def _fail(path: Path, problem: str, line: int | None = None) -> ReportError:
     return ReportError(where + problem)
 
 
-def _header(path: Path, header: list[str]) -> tuple[list[str], dict[str, int]]:
+def header_columns(path: Path, header: list[str]) -> tuple[list[str], dict[str, int]]:
     """Grid keys and the column index of every required column."""
     names = [h.strip() for h in header]
     missing = [c for c in ("cell", *COLUMNS) if c not in names]
@@ -232,7 +232,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[Row]]:
         header = next(reader, None)
         if header is None:
             raise _fail(path, "empty file (no header)")
-        keys, at = _header(path, header)
+        keys, at = header_columns(path, header)
         rows = []
         for fields in reader:
             if not fields or all(not f.strip() for f in fields):
