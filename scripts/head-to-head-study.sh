@@ -14,9 +14,10 @@
 # GROUP:  one group of methods, a sweep of its own into runs/h2h/FAMILY/GROUP (each
 #         method in one group only, with every method it builds on):
 #         mixtures        fedavg local finetune moe moe-plus pfl-moe ditto moe-ditto
-#                         ifca moe-ifca (about 40 single-thread minutes a run)
+#                         ifca moe-ifca fedbabu moe-plus-fedbabu (about 45
+#                         single-thread minutes a run)
 #         global-personal fedprox apfl pfedme per-fedavg (about 25)
-#         split-model     fedper fedrep lg-fedavg fedbabu (about 20)
+#         split-model     fedper fedrep lg-fedavg (about 15)
 #         centralised     centralised (the bound)
 #         merge           after publishing the groups' sweeps into
 #                         docs/results/fashion-mnist/head-to-head/FAMILY/GROUP
@@ -24,7 +25,7 @@
 # Every sweep runs seed 0 of every cell before seed 1; it is resumable (run the same
 # command again) and several workers may share it (one per core, --threads 1).
 set -eu
-[ $# -ge 2 ] || { sed -n '2,29p' "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,26p' "$0" >&2; exit 2; }
 family=$1 group=$2
 shift 2
 fedmoe=${FEDMOE:-fedmoe}
@@ -38,9 +39,11 @@ case $family in
     *) echo "$0: unknown family $family (majority, dirichlet, new-clients, rotated)" >&2; exit 2 ;;
 esac
 case $group in
-    mixtures) methods='["fedavg","local","finetune","moe","moe-plus","pfl-moe","ditto","moe-ditto","ifca","moe-ifca"]' ;;
+    mixtures)
+        methods='["fedavg","local","finetune","moe","moe-plus","pfl-moe","ditto","moe-ditto",'
+        methods=$methods'"ifca","moe-ifca","fedbabu","moe-plus-fedbabu"]' ;;
     global-personal) methods='["fedprox","apfl","pfedme","per-fedavg"]' ;;
-    split-model) methods='["fedper","fedrep","lg-fedavg","fedbabu"]' ;;
+    split-model) methods='["fedper","fedrep","lg-fedavg"]' ;;
     centralised) methods='["centralised"]' ;;
     merge)
         set --

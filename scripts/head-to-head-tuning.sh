@@ -70,6 +70,9 @@ case $stage in
     moe-plus)
         sweep moe-plus '["fedavg","finetune","moe-plus"]' \
             --grid method.moe-plus.lr=1e-4,1e-3,1e-2 "$@" ;;
+    moe-plus-fedbabu)
+        sweep moe-plus-fedbabu '["fedavg","fedbabu","moe-plus-fedbabu"]' \
+            --grid method.moe-plus-fedbabu.lr=1e-4,1e-3,1e-2 "$@" ;;
     moe-ifca)
         sweep moe-ifca '["fedavg","finetune","ifca","moe-ifca"]' \
             --set "method.ifca.models=$ifca" --grid method.moe-ifca.lr=1e-4,1e-3,1e-2 "$@" ;;

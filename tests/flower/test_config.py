@@ -57,6 +57,7 @@ NODE_METHODS = (
     "lg-fedavg",
     "fedbabu",
     "moe-ditto",
+    "moe-plus-fedbabu",
 )
 
 

@@ -339,7 +339,7 @@ def test_state_carries_over_rounds_and_a_kill_and_resume_gives_the_same_results(
 SMALL: dict[str, Any] = {
     "model": "mlp",
     "dtype": "float64",
-    "methods": ["fedper", "fedrep", "lg-fedavg", "fedbabu"],
+    "methods": ["fedper", "fedrep", "lg-fedavg", "fedbabu", "fedavg", "moe-plus-fedbabu"],
     "partition": {"clients": 5, "train": 20, "val": 20, "test": 20, "opt_out": 0.4},
     "federated": {"rounds": 2, "clients_per_round": 2, "local_epochs": 1, "lr": 1e-2},
     "personalise": {"epochs": 2, "lr": 1e-3, "stopping": {"check_every": 1, "patience": 1}},
@@ -356,18 +356,20 @@ def test_the_flower_app_equals_the_simulator_and_opt_out_nodes_send_nothing() ->
     for name in cfg.methods:
         assert flower["methods"][name] == embedded["methods"][name], name
         entry = embedded["methods"][name]
-        if name != "fedbabu":  # opt-out clients trained their kept part after federation
+        if name in ("fedper", "fedrep", "lg-fedavg"):
+            # opt-out clients trained their kept part after federation
             after = set(entry["details"]["personalised_after_federation"])
             assert opted_out <= after
             assert all((entry["epochs"][c] > 0) == (c in after) for c in range(5))
-        else:  # every client fine-tuned
+        elif name != "fedavg":  # every client fine-tuned (FedBABU) or fitted a gate
             assert all(e > 0 for e in entry["epochs"])
+    assert "gate" in embedded["methods"]["moe-plus-fedbabu"]
     parity.assert_opt_out_nodes_send_nothing()
     audit = flower["flower"]["audit"]
     # Opt-in nodes send the federated part, and only it: 4 body tensors, 2 head tensors.
     sent = {
         name: {r["arrays"] for r in audit if r["phase"] == name and r["message_type"] == "train"}
-        for name in cfg.methods
+        for name in ("fedper", "fedrep", "lg-fedavg", "fedbabu")
     }
     body, head = len(BODY_NAMES), len(HEAD_NAMES)
     assert sent == {"fedper": {body}, "fedrep": {body}, "lg-fedavg": {head}, "fedbabu": {body}}

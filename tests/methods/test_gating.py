@@ -28,6 +28,7 @@ from fedmoe.methods.gating import (
 )
 from fedmoe.methods.moe_ifca import MoeIfca
 from fedmoe.methods.moe_plus import MoePlus, MoePlusOptions
+from fedmoe.methods.moe_plus_fedbabu import MoePlusFedBabu
 from fedmoe.methods.params import prefixed, rows
 from fedmoe.methods.personal import MODEL, personal_model
 from fedmoe.models import build_network
@@ -292,6 +293,28 @@ def test_moe_plus_keeps_each_variants_gate_and_evaluates_it_as_fitted() -> None:
     assert details["options"]["inputs"] == variants[label].inputs
     assert set(details["temperature"]) == {"specialist", "global"}
     assert method.details(options, scalars) == {}
+
+
+def test_moe_plus_fedbabu_is_moe_plus_over_fedbabus_personal_models() -> None:
+    run, clients, inputs, test = _gate_setup()
+    k = len(clients.ids)
+    babu = Output(prefixed(run.net.init(0, torch.arange(k), "babu"), MODEL))
+    options = MoePlusOptions(lr=1e-2)
+    theirs = {"fedavg": inputs["fedavg"], "fedbabu": babu}
+    got = MoePlusFedBabu().personalise(run, options, clients, theirs, None)
+    # The same as MoE+ whose fine-tuned models are FedBABU's ...
+    as_ft = {"fedavg": inputs["fedavg"], "finetune": babu}
+    want = MoePlus().personalise(run, options, clients, as_ft, None)
+    assert set(got.state) == set(want.state)
+    for name, p in want.state.items():
+        assert torch.equal(got.state[name], p), name
+    # ... and not MoE+ over FT's.
+    plus = MoePlus().personalise(run, options, clients, inputs, None)
+    assert not torch.equal(plus.state["v0.t_specialist"], got.state["v0.t_specialist"])
+    ev = MoePlusFedBabu().evaluate(run, options, got, theirs, test)
+    direct = MoePlus().evaluate(run, options, want, as_ft, test)
+    torch.testing.assert_close(ev.accuracy, direct.accuracy)
+    assert ev.gate is not None and ev.gate.g.shape == (k, test.capacity)
 
 
 def test_moe_ifca_gate_over_cluster_models_round_trips_through_its_state() -> None:

@@ -143,7 +143,9 @@ PFL_BASELINES: dict[str, Any] = {
 }
 
 #: The head-to-head study (docs/results/fashion-mnist/head-to-head/): every mixture
-#: (``moe-ditto`` is the paper's mixture over Ditto's personal models), every baseline
+#: (``moe-ditto`` is the paper's mixture over Ditto's personal models,
+#: ``moe-plus-fedbabu`` the MoE+ gate over FedBABU's, the strongest specialists of the
+#: tuning grids), every baseline
 #: and the centralised bound at the paper's sizes and budget, all sharing
 #: ``pfl-baselines``'s tuned federated phase. The personalisation stage and each method's
 #: own options are the choices of the study's tuning grids at p = 0.8, seed 0, by
@@ -162,6 +164,7 @@ HEAD_TO_HEAD: dict[str, Any] = {
         "moe-ifca",
         *PFL_BASELINE_METHODS,
         "moe-ditto",
+        "moe-plus-fedbabu",
         "centralised",
     ],
     "personalise": {**PFL_BASELINES["personalise"], "lr": 5e-4},

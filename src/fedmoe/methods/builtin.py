@@ -17,6 +17,7 @@ from fedmoe.methods import (
     moe_ditto,
     moe_ifca,
     moe_plus,
+    moe_plus_fedbabu,
     moe_staged,
     perfedavg,
     pfedme,
@@ -45,6 +46,7 @@ for _method in (
     lg_fedavg.LgFedAvg,
     fedbabu.FedBabu,
     moe_ditto.MoeDitto,
+    moe_plus_fedbabu.MoePlusFedBabu,
 ):
     register(_method)
 

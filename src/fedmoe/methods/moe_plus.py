@@ -41,6 +41,8 @@ class MoePlus(Method):
     options = MoePlusOptions
     needs = (FedAvg.name, FineTune.name)
     baselines = MIXTURE_BASELINES
+    #: The method whose personal models are the (frozen) specialists.
+    specialist_method = FineTune.name
 
     def validate(self, options: Any, config: Mapping[str, Any]) -> None:
         for variant in options.variants().values():
@@ -65,7 +67,7 @@ class MoePlus(Method):
         inputs: Mapping[str, Output],
         federated: Output | None,
     ) -> Output:
-        specialists = personal_model(inputs[FineTune.name])
+        specialists = personal_model(inputs[self.specialist_method])
         train = self._experts(run, options, clients.train, specialists, inputs)
         val = self._experts(run, options, clients.val, specialists, inputs)
         state: State = {}
@@ -95,7 +97,7 @@ class MoePlus(Method):
         inputs: Mapping[str, Output],
         data: ClientData,
     ) -> Evaluated:
-        specialists = personal_model(inputs[FineTune.name])
+        specialists = personal_model(inputs[self.specialist_method])
         experts = self._experts(run, options, data, specialists, inputs)
         results = {
             label: fg.evaluated(
