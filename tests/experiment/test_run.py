@@ -106,9 +106,10 @@ def _compare(new: dict[str, Any], old: dict[str, Any], exact: bool) -> None:
     assert list(new["methods"]) == list(old["methods"])
     for name, entry in new["methods"].items():
         before = dict(old["methods"][name])
-        # The fixtures predate the validation scores; they must be there now.
+        # The fixtures predate the validation scores and `contender`; they must be there now.
         after = dict(entry)
         assert after.pop("val")["per_client"], name
+        assert after.pop("contender") is (name.startswith("moe")), name
         for variant in after.get("variants", {}).values():
             assert variant.pop("val")["per_client"], name
         if "federation" in before and not before["federation"]["history"]:

@@ -722,6 +722,46 @@ def test_the_leaderboard_ranks_methods_and_pairs_each_mixture_with_the_best_base
     assert worst_clients([float(i) for i in range(20)]) == 0.5
 
 
+def test_contenders_are_the_methods_under_test_and_the_fields_mixtures_are_baselines(
+    tmp_path: Path,
+) -> None:
+    from fedmoe.report.leaderboard import best_baseline
+
+    def shifted(name: str, by: float, contender: bool | None, gate: bool) -> Callable[..., Any]:
+        def make(results: dict[str, Any]) -> dict[str, Any]:
+            moe = results["methods"]["moe"]
+            local = [v + by for v in moe["local_test"]["per_client"]]
+            glob = moe["global_test"]["per_client"]
+            out = entry(name, local, glob, moe["gate"]["local_test"] if gate else None)
+            if contender is not None:
+                out["contender"] = contender
+            return out
+
+        return make
+
+    root = make_sweep(tmp_path / "sw", {"p": ["0.5"]}, [0, 1])
+    add_method(root, "pfl-moe", shifted("pfl-moe", 0.02, False, gate=True))  # the field's mixture
+    add_method(root, "mine", shifted("mine", 0.01, True, gate=False))  # a user's method under test
+    sweep = read_sweep(root)
+    # MoE predates the key: a mixture, so under test; PFL-MoE says it is not.
+    assert sweep.contenders == ("moe", "mine")
+    assert sweep.mixtures == ("moe", "pfl-moe")
+    cell = sweep.cells[0]
+    assert best_baseline(sweep, cell) == "pfl-moe"
+    text = write_report(root).read_text()
+    assert "| 1 | pfl-moe |" in text and "| 2 | **mine** |" in text
+    assert "- mine minus pfl-moe (the best baseline), local test: -1.00 ± 0.00" in text
+    assert "- MoE minus pfl-moe (the best baseline), local test: -2.00 ± 0.00" in text
+    # Runs from before results said: PFL-MoE is still a baseline, other mixtures are not.
+    old = make_sweep(tmp_path / "old", {"p": ["0.5"]}, [0])
+    add_method(old, "pfl-moe", shifted("pfl-moe", 0.02, None, gate=True))
+    assert read_sweep(old).contenders == ("moe",)
+    bad = make_sweep(tmp_path / "bad", {"p": ["0.5"]}, [0])
+    add_method(bad, "mine", lambda r: {**shifted("mine", 0.0, None, False)(r), "contender": "yes"})
+    with pytest.raises(ReportError, match=r"methods\.mine\.contender must be true or false"):
+        read_sweep(bad)
+
+
 def test_the_tuning_section_chooses_each_methods_cell_on_validation(tmp_path: Path) -> None:
     from fedmoe.report.tuning import choices
 

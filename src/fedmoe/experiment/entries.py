@@ -135,6 +135,7 @@ def method_entry(
         "global_test": scores["global_test"],
         "val": scores["val"],
         "epochs": epochs,
+        "contender": method.contender,
     }
     if "gate" in scores:
         entry["gate"] = scores["gate"]

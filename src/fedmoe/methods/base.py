@@ -212,6 +212,10 @@ class Method:
     needs: ClassVar[tuple[str, ...]] = ()
     #: Its federated phase, or ``None``.
     federated: ClassVar[Federated | None] = None
+    #: Whether it is a method under test (fedmoe's mixtures; a new method of yours):
+    #: the leaderboard sets it in bold and pairs it, seed by seed, with the cell's best
+    #: method that is not (a baseline).
+    contender: ClassVar[bool] = False
     #: For mixtures: the methods paired differences compare it with, per split.
     baselines: ClassVar[dict[str, tuple[str, ...]] | None] = None
     #: Whether its output is one model every client shares (evaluated the same for all).

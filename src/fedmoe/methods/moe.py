@@ -141,6 +141,7 @@ class Moe(Method):
     options = MoeOptions
     needs = (FedAvg.name, FineTune.name)
     baselines = MIXTURE_BASELINES
+    contender = True
 
     def validate(self, options: Any, config: Mapping[str, Any]) -> None:
         check_specialist(f"method.{self.name}", options.specialist, config)

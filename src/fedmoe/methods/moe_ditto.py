@@ -54,6 +54,7 @@ class MoeDitto(Method):
     options = MoeDittoOptions
     needs = (FedAvg.name, Ditto.name)
     baselines = BASELINES
+    contender = True
 
     def personalise(
         self,

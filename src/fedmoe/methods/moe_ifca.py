@@ -28,6 +28,7 @@ class MoeIfca(Method):
     options = fg.GateOptions
     needs = (FedAvg.name, FineTune.name, Ifca.name)
     baselines = MIXTURE_BASELINES
+    contender = True
 
     def validate(self, options: Any, config: Mapping[str, Any]) -> None:
         fg.check_heldout(f"method.{self.name}", options.gate(), config)

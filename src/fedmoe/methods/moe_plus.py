@@ -41,6 +41,7 @@ class MoePlus(Method):
     options = MoePlusOptions
     needs = (FedAvg.name, FineTune.name)
     baselines = MIXTURE_BASELINES
+    contender = True
     #: The method whose personal models are the (frozen) specialists.
     specialist_method = FineTune.name
 

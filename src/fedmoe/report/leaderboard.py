@@ -7,9 +7,11 @@ of the worst tenth of clients, at least one, averaged over seeds), its new clien
 seeds; they took no part in federation and were personalised afterwards from what it
 produced) and its compute time
 (the method's phase in ``timing_s``: its federated phase and personalisation; the
-shared evaluation is not split by method). Under each table, each mixture (a method
-with gate statistics) against the best baseline of the cell (the highest-ranked
-method that is neither a mixture nor the centralised bound): the per-seed paired
+shared evaluation is not split by method). Under each table, each contender (a method
+under test: fedmoe's mixtures, or any method whose results say ``contender``) against
+the best baseline of the cell (the highest-ranked method that is neither a contender
+nor the centralised bound; a mixture from the field such as PFL-MoE is a baseline):
+the per-seed paired
 difference on local test, with the seeds it is ahead, and its global-test accuracy as a
 fraction of FedAvg's.
 """
@@ -89,9 +91,9 @@ def ranking(cell: Cell, methods: Sequence[str]) -> list[str]:
 
 
 def best_baseline(sweep: Sweep, cell: Cell) -> str | None:
-    """The cell's highest-ranked method that is neither a mixture nor a bound."""
+    """The cell's highest-ranked method that is neither a contender nor a bound."""
     for method in ranking(cell, sweep.methods):
-        if method not in sweep.mixtures and method not in BOUNDS:
+        if method not in sweep.contenders and method not in BOUNDS:
             return method
     return None
 
@@ -106,7 +108,7 @@ def _table(sweep: Sweep, cell: Cell) -> str:
     ]
     for rank, method in enumerate(ranking(cell, sweep.methods), 1):
         name = sweep.label(method).replace("|", "\\|")
-        if method in sweep.mixtures:
+        if method in sweep.contenders:
             name = f"**{name}**"
         cells = [
             str(rank),
@@ -123,12 +125,12 @@ def _table(sweep: Sweep, cell: Cell) -> str:
 
 def _against_best(sweep: Sweep, cell: Cell) -> str:
     best = best_baseline(sweep, cell)
-    if best is None or not sweep.mixtures:
+    if best is None or not sweep.contenders:
         return ""
     fedavg = accuracy(cell, "fedavg", "global")
     lines = []
-    for mixture in sweep.mixtures:
-        diffs = differences(cell, mixture, best, "local")
+    for contender in sweep.contenders:
+        diffs = differences(cell, contender, best, "local")
         if not diffs:
             continue
         points = [100 * d for d in diffs]
@@ -137,10 +139,10 @@ def _against_best(sweep: Sweep, cell: Cell) -> str:
             text += f" ± {statistics.stdev(points):.2f}"
         ahead = sum(p > 0 for p in points)
         line = (
-            f"- {sweep.label(mixture)} minus {sweep.label(best)} (the best baseline), local "
+            f"- {sweep.label(contender)} minus {sweep.label(best)} (the best baseline), local "
             f"test: {text} points, ahead in {ahead} of {len(points)} seed(s)"
         )
-        ours = accuracy(cell, mixture, "global")
+        ours = accuracy(cell, contender, "global")
         if fedavg.n and fedavg.mean > 0 and ours.n:
             line += f"; global test {ours.mean / fedavg.mean:.3f} x FedAvg's"
         lines.append(line)
@@ -159,12 +161,14 @@ def leaderboard_section(sweep: Sweep) -> str:
     parts = [
         "## Leaderboard\n\n"
         "Per cell, methods by local-test accuracy (client mean; mean ± std over seeds), "
-        "mixtures in bold; the worst tenth of clients' mean local-test accuracy; the "
+        "the methods under test (fedmoe's mixtures) in bold; the worst tenth of clients' "
+        "mean local-test accuracy; the "
         "seconds of the method's own phase (federated and personalisation; evaluation "
         "is shared); where a cell has opt-out clients, their mean local-test accuracy "
         "apart, as new clients (they took no part in federation and were personalised "
-        "from what it produced). Below each table, each mixture against the cell's best baseline "
-        "(neither a mixture nor the centralised bound), paired seed by seed (the same clients).\n\n"
+        "from what it produced). Below each table, each method under test against the cell's "
+        "best baseline (neither under test nor the centralised bound; the field's mixtures, "
+        "such as PFL-MoE, are baselines), paired seed by seed (the same clients).\n\n"
     ]
     for cell in sweep.cells:
         title = cell_title(sweep, cell)

@@ -106,7 +106,9 @@ class Cell:
 class MethodInfo:
     """What the report shows of a method, from its entry in the first run (in
     sweep.csv order) that has it: ``label`` (display name), ``description`` (one line),
-    ``mixture`` (it has ``gate`` statistics), ``baselines`` (per split, ``local`` /
+    ``mixture`` (it has ``gate`` statistics), ``contender`` (a method under test, which
+    the leaderboard pairs with the best of the others; in runs from before results said
+    so, every mixture but the field's PFL-MoE), ``baselines`` (per split, ``local`` /
     ``global``: the methods paired differences compare it with) and ``variants`` (it
     reports variants, e.g. an ablation)."""
 
@@ -114,6 +116,7 @@ class MethodInfo:
     label: str
     description: str
     mixture: bool
+    contender: bool
     baselines: dict[str, tuple[str, ...]]
     variants: bool
 
@@ -155,6 +158,11 @@ class Sweep:
     def mixtures(self) -> tuple[str, ...]:
         """The methods with gate statistics, in method order."""
         return tuple(m for m in self.methods if m in self.info and self.info[m].mixture)
+
+    @property
+    def contenders(self) -> tuple[str, ...]:
+        """The methods under test (``contender``), in method order."""
+        return tuple(m for m in self.methods if m in self.info and self.info[m].contender)
 
 
 def _fail(path: Path, problem: str, line: int | None = None) -> ReportError:
@@ -400,6 +408,20 @@ def _baselines(path: Path, entry: dict[str, Any], name: str) -> dict[str, tuple[
     return out
 
 
+#: The one built-in mixture that is a baseline from the field, not under test.
+FIELD_MIXTURE = "pfl-moe"
+
+
+def _contender(path: Path, entry: dict[str, Any], method: str) -> bool:
+    """``contender`` as the entry says; in runs from before it said, whether it is one
+    of fedmoe's mixtures (a mixture but the field's PFL-MoE)."""
+    fallback = isinstance(entry.get("gate"), dict) and method != FIELD_MIXTURE
+    value = entry.get("contender", fallback)
+    if not isinstance(value, bool):
+        raise _fail(path, f"methods.{method}.contender must be true or false, got {value!r}")
+    return value
+
+
 def _info(paths: dict[str, Path], runs: dict[str, dict[str, Any]], method: str) -> MethodInfo:
     """A method's :class:`MethodInfo`, from the first run that has it."""
     run, entry = next(
@@ -413,6 +435,7 @@ def _info(paths: dict[str, Path], runs: dict[str, dict[str, Any]], method: str) 
         label=_text(path, entry, method, "label", method),
         description=_text(path, entry, method, "description", ""),
         mixture=isinstance(entry.get("gate"), dict),
+        contender=_contender(path, entry, method),
         baselines=_baselines(path, entry, method),
         variants=isinstance(entry.get("variants"), dict) and bool(entry["variants"]),
     )
