@@ -288,6 +288,33 @@ def test_gate_means_skip_missing_clients() -> None:
     assert gate_means({"methods": {}}, "moe") is None
 
 
+def test_gate_bars_are_ticked_by_value_and_show_all_samples_without_majority_classes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedmoe.report import figures, plots
+
+    drawn: dict[str, list[Any]] = {}
+    monkeypatch.setattr(plots, "plot_bars", lambda path, *a: drawn.setdefault(path.name, a[3]))
+    root = make_sweep(tmp_path / "s", {"p": ["0.5", "0.8"]}, [0])
+    figures.write_plots(read_sweep(root), tmp_path)
+    (panel,) = drawn["gate_moe.png"]
+    assert panel.groups == ("0.5", "0.8")  # the axis names p
+    assert panel.bars == ("majority-class samples", "other samples")
+    # A Dirichlet partition names no majority classes: every sample is another's.
+    for run in (root / "runs").iterdir():
+        path = run / "results.json"
+        results = json.loads(path.read_text())
+        gate = results["methods"]["moe"]["gate"]["local_test"]
+        gate["majority"] = [None] * 4
+        gate["other"] = [0.7, 0.6, 0.5, 0.4]
+        path.write_text(json.dumps(results))
+    drawn.clear()
+    figures.write_plots(read_sweep(root), tmp_path)
+    (panel,) = drawn["gate_moe.png"]
+    assert panel.bars == ("all samples",)
+    assert panel.values == ((pytest.approx(0.55), pytest.approx(0.55)),)
+
+
 def test_labels_descriptions_and_order_come_from_the_results(tmp_path: Path) -> None:
     root = make_sweep(tmp_path / "s", {"p": ["0.5"]}, [0])
     for run in (root / "runs").iterdir():

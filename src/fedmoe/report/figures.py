@@ -106,6 +106,11 @@ def _cell_label(sweep: Sweep, cell: Cell, key: str | None) -> str:
     return _short(key, _value(sweep, cell, key)) if key is not None else cell.name
 
 
+def _tick(sweep: Sweep, cell: Cell, key: str | None) -> str:
+    """A cell's label on an axis that names ``key``: its value alone."""
+    return _value(sweep, cell, key).text if key is not None else cell.name
+
+
 def _panels(sweep: Sweep, lay: Layout) -> list[tuple[str, list[Cell]]]:
     """(title, cells ordered by the primary key) per combination of secondary values;
     a single panel (no secondary keys) has no title."""
@@ -273,7 +278,7 @@ def _box_plots(sweep: Sweep, out: Path) -> list[Plot | Skipped]:
         panels = []
         for title, cells in chunk:
             values = {m: tuple(tuple(_pooled(sweep, c, m)) for c in cells) for m in sweep.methods}
-            groups = tuple(_cell_label(sweep, c, lay.primary) for c in cells)
+            groups = tuple(_tick(sweep, c, lay.primary) for c in cells)
             panels.append(BoxPanel(title, groups, values))
         file = _file("client_accuracy", index, len(chunks))
         xlabel = _axis_name(lay.primary) if lay.primary else "cell"
@@ -343,9 +348,11 @@ def _gate_plots_for(sweep: Sweep, out: Path, method: str) -> list[Plot | Skipped
         )
         caption = (
             f"The {name} gate's mean weight g(x) on the specialist over each client's "
-            "local-test samples of its majority classes and over its other samples, "
-            "averaged over clients (those with such samples) and then over seeds; bars "
-            "show the standard deviation over seeds; `none`: no client has such samples."
+            "local-test samples of its majority classes and over its other samples (all "
+            "its samples where the partition names no majority classes, as Dirichlet's "
+            "does not), averaged over clients (those with such samples) and then over "
+            "seeds; bars show the standard deviation over seeds; `none`: no client has "
+            "such samples."
         )
         found.append(Plot(file, _numbered(heading, index, len(chunks)), caption))
     return found
@@ -360,9 +367,18 @@ def _gate_panel(
         pairs = [m for m in means if m is not None]
         majority.append(_stat_finite([m[0] for m in pairs]))
         other.append(_stat_finite([m[1] for m in pairs]))
+    ticks = tuple(_tick(sweep, c, key) for c in cells)
+    if all(not s.n for s in majority):  # no majority classes: every sample is "other"
+        return BarPanel(
+            title,
+            ticks,
+            ("all samples",),
+            (tuple(s.mean for s in other),),
+            (tuple(s.std for s in other),),
+        )
     return BarPanel(
         title,
-        tuple(_cell_label(sweep, c, key) for c in cells),
+        ticks,
         ("majority-class samples", "other samples"),
         (tuple(s.mean for s in majority), tuple(s.mean for s in other)),
         (tuple(s.std for s in majority), tuple(s.std for s in other)),
