@@ -102,10 +102,6 @@ def _numbered(heading: str, index: int, count: int) -> str:
     return heading if count == 1 else f"{heading} ({index + 1}/{count})"
 
 
-def _cell_label(sweep: Sweep, cell: Cell, key: str | None) -> str:
-    return _short(key, _value(sweep, cell, key)) if key is not None else cell.name
-
-
 def _tick(sweep: Sweep, cell: Cell, key: str | None) -> str:
     """A cell's label on an axis that names ``key``: its value alone."""
     return _value(sweep, cell, key).text if key is not None else cell.name
@@ -267,7 +263,8 @@ def _scatter_label(sweep: Sweep, cell: Cell, key: str | None) -> str:
     if key is None:
         p = lookup(runs_of(sweep, cell)[0].get("config"), "partition.p")
         return f"p={p}" if p is not None else cell.name
-    return _cell_label(sweep, cell, key)
+    # The key's last part: point labels sit in the plot, where long keys collide.
+    return f"{key.rsplit('.', 1)[-1]}={_value(sweep, cell, key).text}"
 
 
 def _box_plots(sweep: Sweep, out: Path) -> list[Plot | Skipped]:
