@@ -26,12 +26,13 @@ setting=$1 stage=$2
 shift 2
 # chosen: the personalisation settings the setting's personalise grids chose (empty
 # until they have run; then every later grid of the setting uses them). ifca: the
-# number of IFCA models the setting's ifca grid chose, for the moe-ifca grid.
+# number of IFCA models the setting's ifca grid chose, for the moe-ifca grid; models:
+# the ifca grid.
 case $setting in
-    p08) where="--set partition.p=0.8" chosen="--set personalise.lr=5e-4" ifca=3 ;;
-    alpha03)
+    p08) where="--set partition.p=0.8" chosen="--set personalise.lr=5e-4" ifca=3 models=2,3,4 ;;
+    alpha03)  # 4 models were the best of 2, 3, 4: the grid goes on to 5
         where="--set partition.scheme=dirichlet --set partition.alpha=0.3"
-        chosen="--set personalise.lr=5e-4" ifca=3 ;;
+        chosen="--set personalise.lr=5e-4" ifca=3 models=2,3,4,5 ;;
     *) echo "$0: unknown setting $setting (p08 or alpha03)" >&2; exit 2 ;;
 esac
 fedmoe=${FEDMOE:-fedmoe}
@@ -66,7 +67,7 @@ case $stage in
     fedrep) sweep fedrep '["fedrep"]' --grid method.fedrep.head_epochs=1,5,10 "$@" ;;
     fedbabu) sweep fedbabu '["fedbabu"]' --grid method.fedbabu.finetune_epochs=5,20,0 "$@" ;;
     pfl-moe) sweep pfl-moe '["fedavg","pfl-moe"]' --grid method.pfl-moe.lr=1e-4,1e-3,1e-2,1e-1,1.0,10.0 "$@" ;;
-    ifca) sweep ifca '["ifca"]' --grid method.ifca.models=2,3,4 "$@" ;;
+    ifca) sweep ifca '["ifca"]' --grid "method.ifca.models=$models" "$@" ;;
     moe-plus)
         sweep moe-plus '["fedavg","finetune","moe-plus"]' \
             --grid method.moe-plus.lr=1e-4,1e-3,1e-2 "$@" ;;
