@@ -11,9 +11,8 @@ shared evaluation is not split by method). Under each table, each contender (a m
 under test: fedmoe's mixtures, or any method whose results say ``contender``) against
 the best baseline of the cell (the highest-ranked method that is neither a contender
 nor the centralised bound; a mixture from the field such as PFL-MoE is a baseline):
-the per-seed paired
-difference on local test, with the seeds it is ahead, and its global-test accuracy as a
-fraction of FedAvg's.
+the per-seed paired difference on local test, with the seeds it is ahead, and its
+global-test accuracy as a fraction of FedAvg's.
 """
 
 from __future__ import annotations
