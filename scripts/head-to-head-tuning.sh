@@ -32,7 +32,7 @@ case $setting in
     p08) where="--set partition.p=0.8" chosen="--set personalise.lr=5e-4" ifca=3 models=2,3,4 ;;
     alpha03)  # 4 models were the best of 2, 3, 4: the grid goes on to 5
         where="--set partition.scheme=dirichlet --set partition.alpha=0.3"
-        chosen="--set personalise.lr=5e-4" ifca=3 models=2,3,4,5 ;;
+        chosen="--set personalise.lr=5e-4" ifca=4 models=2,3,4,5 ;;
     *) echo "$0: unknown setting $setting (p08 or alpha03)" >&2; exit 2 ;;
 esac
 fedmoe=${FEDMOE:-fedmoe}

@@ -189,12 +189,18 @@ HEAD_TO_HEAD: dict[str, Any] = {
 #: (docs/results/fashion-mnist/head-to-head/tuning/alpha03/): the same personalisation
 #: stage (Adam lr 5e-4; SGD 1e-2 would suit Local alone better), MoE lr 1e-4, Ditto lam
 #: 0.1, FedProx mu 0.1, APFL alpha 1.0, pFedMe lam 15, Per-FedAvg alpha 0.1, FedRep 1
-#: head epoch, FedBABU's fine-tuning = the shared stage. PFL-MoE, IFCA and MoE (Ditto),
-#: whose grids have not run at alpha = 0.3 yet, keep their p = 0.8 choices.
+#: head epoch, FedBABU's fine-tuning = the shared stage, IFCA 4 models (of 2 .. 5),
+#: PFL-MoE lr 10 (as at p = 0.8). MoE (Ditto), whose grid has not run at alpha = 0.3
+#: yet, keeps its p = 0.8 choice.
 HEAD_TO_HEAD_DIRICHLET: dict[str, Any] = {
     **HEAD_TO_HEAD,
     "partition": {**HEAD_TO_HEAD["partition"], "scheme": "dirichlet", "alpha": 0.3},
-    "method": {**HEAD_TO_HEAD["method"], "fedprox": {"mu": 0.1}, "apfl": {"alpha": 1.0}},
+    "method": {
+        **HEAD_TO_HEAD["method"],
+        "fedprox": {"mu": 0.1},
+        "apfl": {"alpha": 1.0},
+        "ifca": {"models": 4},
+    },
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
