@@ -13,9 +13,9 @@
 #                     rotated by 0, 90, 180 and 270 degrees
 # GROUP:  one group of methods, a sweep of its own into runs/h2h/FAMILY/GROUP (each
 #         method in one group only, with every method it builds on):
-#         mixtures        fedavg local finetune moe moe-plus pfl-moe ditto moe-ditto
-#                         ifca moe-ifca fedbabu moe-plus-fedbabu (about 45
-#                         single-thread minutes a run)
+#         mixtures        fedavg local finetune moe moe-plus pfl-moe ditto ifca
+#                         moe-ifca fedbabu moe-plus-fedbabu (about 35 single-thread
+#                         minutes a run)
 #         global-personal fedprox apfl pfedme per-fedavg (about 25)
 #         split-model     fedper fedrep lg-fedavg (about 15)
 #         centralised     centralised (the bound)
@@ -40,8 +40,8 @@ case $family in
 esac
 case $group in
     mixtures)
-        methods='["fedavg","local","finetune","moe","moe-plus","pfl-moe","ditto","moe-ditto",'
-        methods=$methods'"ifca","moe-ifca","fedbabu","moe-plus-fedbabu"]' ;;
+        methods='["fedavg","local","finetune","moe","moe-plus","pfl-moe","ditto","ifca",'
+        methods=$methods'"moe-ifca","fedbabu","moe-plus-fedbabu"]' ;;
     global-personal) methods='["fedprox","apfl","pfedme","per-fedavg"]' ;;
     split-model) methods='["fedper","fedrep","lg-fedavg"]' ;;
     centralised) methods='["centralised"]' ;;
