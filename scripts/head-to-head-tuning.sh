@@ -69,13 +69,14 @@ case $stage in
     pfl-moe) sweep pfl-moe '["fedavg","pfl-moe"]' --grid method.pfl-moe.lr=1e-4,1e-3,1e-2,1e-1,1.0,10.0 "$@" ;;
     ifca) sweep ifca '["ifca"]' --grid "method.ifca.models=$models" "$@" ;;
     # The gate's learning rate: MoE+'s grid rose from 1e-4 to 1e-2 at p = 0.8, so it goes
-    # on to 1e-1, and the gates over other experts start at 1e-3.
+    # on to 1e-1; the gates over other experts started at 1e-3 (MoE+ (FedBABU)'s best
+    # at p = 0.8, so its grid goes down to 1e-4).
     moe-plus)
         sweep moe-plus '["fedavg","finetune","moe-plus"]' \
             --grid method.moe-plus.lr=1e-4,1e-3,1e-2,1e-1 "$@" ;;
     moe-plus-fedbabu)
         sweep moe-plus-fedbabu '["fedavg","fedbabu","moe-plus-fedbabu"]' \
-            --grid method.moe-plus-fedbabu.lr=1e-3,1e-2,1e-1 "$@" ;;
+            --grid method.moe-plus-fedbabu.lr=1e-4,1e-3,1e-2,1e-1 "$@" ;;
     moe-ifca)
         sweep moe-ifca '["fedavg","finetune","ifca","moe-ifca"]' \
             --set "method.ifca.models=$ifca" --grid method.moe-ifca.lr=1e-3,1e-2,1e-1 "$@" ;;
