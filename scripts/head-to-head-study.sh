@@ -2,7 +2,7 @@
 # The head-to-head study (issue 20): every method, 3 seeds, in four families of settings.
 #
 #   scripts/head-to-head-study.sh FAMILY GROUP [fedmoe sweep options...]
-#   scripts/head-to-head-study.sh FAMILY merge
+#   scripts/head-to-head-study.sh FAMILY publish|merge
 #
 # FAMILY: majority    label skew, majority class p in {0.8, 0.5, 0.9, 1.0, 0.2}
 #         dirichlet   label skew, Dirichlet alpha in {0.3, 0.1, 1.0}
@@ -19,13 +19,15 @@
 #         global-personal fedprox apfl pfedme per-fedavg (about 25)
 #         split-model     fedper fedrep lg-fedavg (about 15)
 #         centralised     centralised (the bound)
-#         merge           after publishing the groups' sweeps into
+#         publish         copy each group's finished runs in runs/h2h/FAMILY into
 #                         docs/results/fashion-mnist/head-to-head/FAMILY/GROUP
-#                         (scripts/publish-sweep.sh), merge them there into one leaderboard
+#                         (scripts/publish-sweep.sh), then merge
+#         merge           merge the published groups there into one leaderboard
 # Every sweep runs seed 0 of every cell before seed 1; it is resumable (run the same
-# command again) and several workers may share it (one per core, --threads 1).
+# command again) and several workers may share it (one per core, --threads 1); give
+# --seeds 1 to run seed 0 only (scripts/head-to-head-queue.sh runs the whole study so).
 set -eu
-[ $# -ge 2 ] || { sed -n '2,26p' "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,28p' "$0" >&2; exit 2; }
 family=$1 group=$2
 shift 2
 fedmoe=${FEDMOE:-fedmoe}
@@ -45,11 +47,18 @@ case $group in
     global-personal) methods='["fedprox","apfl","pfedme","per-fedavg"]' ;;
     split-model) methods='["fedper","fedrep","lg-fedavg"]' ;;
     centralised) methods='["centralised"]' ;;
+    publish)
+        for d in runs/h2h/"$family"/*/; do
+            [ -f "$d/sweep.csv" ] || continue
+            FEDMOE=$fedmoe scripts/publish-sweep.sh "${d%/}" "$docs/$family/$(basename "$d")"
+        done
+        exec "$0" "$family" merge ;;
     merge)
         set --
         for d in "$docs/$family"/*/; do
             if [ -f "$d/sweep.csv" ]; then set -- "$@" "${d%/}"; fi
         done
+        [ $# -gt 0 ] || { echo "$0: no published group under $docs/$family" >&2; exit 1; }
         exec "$fedmoe" merge "$docs/$family" "$@" ;;
     *) echo "$0: unknown group $group" >&2; exit 2 ;;
 esac

@@ -5,6 +5,15 @@ set -eu
 [ $# -eq 2 ] || { echo "usage: $0 SWEEP_DIR DEST_DIR" >&2; exit 2; }
 src=$1 dest=$2
 [ -f "$src/sweep.csv" ] || { echo "$0: $src/sweep.csv not found (no finished run yet?)" >&2; exit 1; }
+# Never drop a published run the sweep lacks (runs/ of another machine or session).
+for run in "$dest"/runs/*/; do
+    [ -f "$run/results.json" ] || continue
+    name=$(basename "$run")
+    if [ ! -f "$src/runs/$name/results.json" ]; then
+        echo "$0: $dest has run $name, which $src lacks: copy it back first (cp -r $dest/runs/$name $src/runs/)" >&2
+        exit 1
+    fi
+done
 rm -rf "$dest"
 mkdir -p "$dest/runs"
 cp "$src/sweep.csv" "$dest/"
