@@ -154,7 +154,8 @@ PFL_BASELINES: dict[str, Any] = {
 #: personalisation stage (over Adam 5e-5, 5e-3 and SGD with momentum 0.9 at 1e-3 .. 1e-1),
 #: MoE lr 1e-4, Ditto lam 0.1, FedProx mu 0.001, APFL alpha 0.95, pFedMe lam 15,
 #: Per-FedAvg alpha 0.1, FedRep 1 head epoch, FedBABU's fine-tuning = the shared stage,
-#: IFCA 3 models, PFL-MoE lr 10 (1.0: 0.02 points less), MoE+ gate lr 1e-2.
+#: IFCA 3 models, PFL-MoE lr 10 (1.0: 0.02 points less), MoE+ gate lr 1e-2, MoE+
+#: (FedBABU) gate lr 1e-3.
 HEAD_TO_HEAD: dict[str, Any] = {
     **PFL_BASELINES,
     "methods": [
@@ -179,6 +180,7 @@ HEAD_TO_HEAD: dict[str, Any] = {
         "fedrep": {"head_epochs": 1},
         "pfl-moe": {"lr": 10.0},
         "moe-plus": {"lr": 1e-2},
+        "moe-plus-fedbabu": {"lr": 1e-3},
     },
 }
 
@@ -189,7 +191,7 @@ HEAD_TO_HEAD: dict[str, Any] = {
 #: stage (Adam lr 5e-4; SGD 1e-2 would suit Local alone better), MoE lr 1e-4, Ditto lam
 #: 0.1, FedProx mu 0.1, APFL alpha 1.0, pFedMe lam 15, Per-FedAvg alpha 0.1, FedRep 1
 #: head epoch, FedBABU's fine-tuning = the shared stage, IFCA 4 models (of 2 .. 5),
-#: PFL-MoE lr 10 and MoE+ gate lr 1e-2 (as at p = 0.8).
+#: PFL-MoE lr 10, MoE+ gate lr 1e-2 and MoE+ (FedBABU) gate lr 1e-3 (as at p = 0.8).
 HEAD_TO_HEAD_DIRICHLET: dict[str, Any] = {
     **HEAD_TO_HEAD,
     "partition": {**HEAD_TO_HEAD["partition"], "scheme": "dirichlet", "alpha": 0.3},
