@@ -1,0 +1,50 @@
+"""scripts/publish-sweep.sh: copies a sweep's finished runs, and never drops a published
+run the sweep lacks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "publish-sweep.sh"
+FILES = ("results.json", "results.md", "rounds.csv", "config.toml")
+
+
+def _sweep(root: Path, runs: list[str], unfinished: str | None = None) -> Path:
+    (root / "runs").mkdir(parents=True)
+    (root / "sweep.csv").write_text("cell,seed\n")
+    for name in runs:
+        (root / "runs" / name / "checkpoints").mkdir(parents=True)
+        for f in FILES:
+            (root / "runs" / name / f).write_text(f"{name} {f}")
+    if unfinished:
+        (root / "runs" / unfinished).mkdir()
+    return root
+
+
+def _publish(src: Path, dest: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FEDMOE": "true"}  # `true report DEST`: no report here
+    return subprocess.run(
+        ["sh", str(SCRIPT), str(src), str(dest)], capture_output=True, text=True, env=env
+    )
+
+
+def test_publishes_finished_runs_without_checkpoints(tmp_path: Path) -> None:
+    src = _sweep(tmp_path / "sweep", ["a-s0", "b-s0"], unfinished="c-s0")
+    dest = tmp_path / "docs" / "sweep"
+    assert _publish(src, dest).returncode == 0
+    assert sorted(p.name for p in (dest / "runs").iterdir()) == ["a-s0", "b-s0"]
+    assert sorted(p.name for p in (dest / "runs" / "a-s0").iterdir()) == sorted(FILES)
+    assert (dest / "sweep.csv").read_text() == "cell,seed\n"
+
+
+def test_refuses_to_drop_a_published_run_the_sweep_lacks(tmp_path: Path) -> None:
+    dest = _sweep(tmp_path / "docs" / "sweep", ["a-s0", "old-s0"])
+    src = _sweep(tmp_path / "sweep", ["a-s0", "b-s0"])
+    done = _publish(src, dest)
+    assert done.returncode == 1
+    assert "has run old-s0, which" in done.stderr and "copy it back first" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert (dest / "runs" / "old-s0" / "results.json").exists()  # untouched
+    assert not (dest / "runs" / "b-s0").exists()
