@@ -69,8 +69,8 @@ case $stage in
     pfl-moe) sweep pfl-moe '["fedavg","pfl-moe"]' --grid method.pfl-moe.lr=1e-4,1e-3,1e-2,1e-1,1.0,10.0 "$@" ;;
     ifca) sweep ifca '["ifca"]' --grid "method.ifca.models=$models" "$@" ;;
     # The gate's learning rate: MoE+'s grid rose from 1e-4 to 1e-2 at p = 0.8, so it goes
-    # on to 1e-1; the gates over other experts started at 1e-3 (MoE+ (FedBABU)'s best
-    # at p = 0.8, so its grid goes down to 1e-4).
+    # on to 1e-1; the gates over other experts started at 1e-3, the best of MoE+
+    # (FedBABU)'s and MoE+ IFCA's at p = 0.8, so their grids go down to 1e-4.
     moe-plus)
         sweep moe-plus '["fedavg","finetune","moe-plus"]' \
             --grid method.moe-plus.lr=1e-4,1e-3,1e-2,1e-1 "$@" ;;
@@ -79,6 +79,6 @@ case $stage in
             --grid method.moe-plus-fedbabu.lr=1e-4,1e-3,1e-2,1e-1 "$@" ;;
     moe-ifca)
         sweep moe-ifca '["fedavg","finetune","ifca","moe-ifca"]' \
-            --set "method.ifca.models=$ifca" --grid method.moe-ifca.lr=1e-3,1e-2,1e-1 "$@" ;;
+            --set "method.ifca.models=$ifca" --grid method.moe-ifca.lr=1e-4,1e-3,1e-2,1e-1 "$@" ;;
     *) echo "$0: unknown stage $stage" >&2; exit 2 ;;
 esac
