@@ -412,11 +412,10 @@ def _baselines(path: Path, entry: dict[str, Any], name: str) -> dict[str, tuple[
 FIELD_MIXTURE = "pfl-moe"
 
 
-def _contender(path: Path, entry: dict[str, Any], method: str) -> bool:
+def _contender(path: Path, entry: dict[str, Any], method: str, mixture: bool) -> bool:
     """``contender`` as the entry says; in runs from before it said, whether it is one
-    of fedmoe's mixtures (a mixture but the field's PFL-MoE)."""
-    fallback = isinstance(entry.get("gate"), dict) and method != FIELD_MIXTURE
-    value = entry.get("contender", fallback)
+    of fedmoe's mixtures (a ``mixture`` but the field's PFL-MoE)."""
+    value = entry.get("contender", mixture and method != FIELD_MIXTURE)
     if not isinstance(value, bool):
         raise _fail(path, f"methods.{method}.contender must be true or false, got {value!r}")
     return value
@@ -430,12 +429,13 @@ def _info(paths: dict[str, Path], runs: dict[str, dict[str, Any]], method: str) 
     path = paths[run]
     if not isinstance(entry, dict):
         raise _fail(path, f"methods.{method} is not an object")
+    mixture = isinstance(entry.get("gate"), dict)
     return MethodInfo(
         name=method,
         label=_text(path, entry, method, "label", method),
         description=_text(path, entry, method, "description", ""),
-        mixture=isinstance(entry.get("gate"), dict),
-        contender=_contender(path, entry, method),
+        mixture=mixture,
+        contender=_contender(path, entry, method, mixture),
         baselines=_baselines(path, entry, method),
         variants=isinstance(entry.get("variants"), dict) and bool(entry["variants"]),
     )
