@@ -155,7 +155,7 @@ PFL_BASELINES: dict[str, Any] = {
 #: MoE lr 1e-4, Ditto lam 0.1, FedProx mu 0.001, APFL alpha 0.95, pFedMe lam 15,
 #: Per-FedAvg alpha 0.1, FedRep 1 head epoch, FedBABU's fine-tuning = the shared stage,
 #: IFCA 3 models, PFL-MoE lr 10 (1.0: 0.02 points less), MoE+ gate lr 1e-2, MoE+
-#: (FedBABU) gate lr 1e-3.
+#: (FedBABU) gate lr 1e-3, MoE+ IFCA gate lr 1e-3 (its default).
 HEAD_TO_HEAD: dict[str, Any] = {
     **PFL_BASELINES,
     "methods": [
@@ -181,6 +181,7 @@ HEAD_TO_HEAD: dict[str, Any] = {
         "pfl-moe": {"lr": 10.0},
         "moe-plus": {"lr": 1e-2},
         "moe-plus-fedbabu": {"lr": 1e-3},
+        "moe-ifca": {"lr": 1e-3},
     },
 }
 
