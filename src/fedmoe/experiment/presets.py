@@ -192,7 +192,8 @@ HEAD_TO_HEAD: dict[str, Any] = {
 #: stage (Adam lr 5e-4; SGD 1e-2 would suit Local alone better), MoE lr 1e-4, Ditto lam
 #: 0.1, FedProx mu 0.1, APFL alpha 1.0, pFedMe lam 15, Per-FedAvg alpha 0.1, FedRep 1
 #: head epoch, FedBABU's fine-tuning = the shared stage, IFCA 4 models (of 2 .. 5),
-#: PFL-MoE lr 10, MoE+ gate lr 1e-2 and MoE+ (FedBABU) gate lr 1e-3 (as at p = 0.8).
+#: PFL-MoE lr 10, MoE+ gate lr 1e-2, MoE+ (FedBABU) and MoE+ IFCA gate lr 1e-3 (all
+#: as at p = 0.8).
 HEAD_TO_HEAD_DIRICHLET: dict[str, Any] = {
     **HEAD_TO_HEAD,
     "partition": {**HEAD_TO_HEAD["partition"], "scheme": "dirichlet", "alpha": 0.3},
