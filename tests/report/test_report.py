@@ -814,6 +814,23 @@ def test_the_tuning_section_chooses_each_methods_cell_on_validation(tmp_path: Pa
     assert "- MoE: method.moe.lr = 0.01 (validation 80.50 ± 0.71%; local test" in section
 
 
+def test_a_grid_over_the_data_has_no_tuning_section(tmp_path: Path) -> None:
+    from fedmoe.report.tuning import is_data
+
+    # Settings are different problems, not candidates: no "choice" of p or alpha.
+    assert is_data("p") and is_data("alpha") and is_data("partition.rotations")
+    assert is_data("dataset") and not is_data("method.moe.lr") and not is_data("personalise.lr")
+    root = make_sweep(tmp_path / "study", {"p": ["0.5", "0.8"]}, [0])
+    for run in (root / "runs").iterdir():
+        path = run / "results.json"
+        results = json.loads(path.read_text())
+        mean = 0.9 if "0.8" in run.name else 0.8
+        for entry in results["methods"].values():
+            entry["val"] = {"per_client": [mean] * 4, "mean": mean, "std": 0.0, "min": mean}
+        path.write_text(json.dumps(results))
+    assert "## Chosen on validation" not in write_report(root).read_text()
+
+
 def test_up_to_a_hundred_methods_each_have_their_own_colour_and_marker() -> None:
     from fedmoe.report.plots import PALETTE, Methods
 

@@ -5,7 +5,9 @@ Each method's client-mean accuracy on the clients' validation sets (``val`` in i
 results.json entry), mean over seeds, for every cell; per method whose validation
 accuracy differs between cells, the cell with the highest is its choice (the first
 such cell on a tie). Test accuracy is shown beside the choice, never chosen on. Runs
-written before the validation scores existed have none: the section is left out.
+written before the validation scores existed have none: the section is left out. So
+is it for a grid over the data (the partition, the data set: a study's settings), whose
+cells are different problems rather than candidates to choose among.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import math
 from typing import Any
 
 from fedmoe.report.leaderboard import cell_title, percent
-from fedmoe.sweep.reader import Cell, Stat, Sweep, accuracy, runs_of
+from fedmoe.sweep.reader import Cell, Stat, Sweep, accuracy, canonical, runs_of
+
+#: Config entries (and the sections they lead) that describe the data, not a method.
+DATA_KEYS = ("dataset", "data_dir", "data", "partition")
 
 
 def validation(sweep: Sweep, cell: Cell, method: str) -> Stat:
@@ -40,9 +45,14 @@ def choices(sweep: Sweep) -> dict[str, Cell]:
     return chosen
 
 
+def is_data(key: str) -> bool:
+    """Whether the grid key ``key`` varies the data rather than a method or its training."""
+    return canonical(key).split(".")[0] in DATA_KEYS
+
+
 def tuning_section(sweep: Sweep) -> str:
     """The report's tuning section (empty without a grid or validation scores)."""
-    if not sweep.keys or len(sweep.cells) < 2:
+    if not sweep.keys or len(sweep.cells) < 2 or any(map(is_data, sweep.keys)):
         return ""
     chosen = choices(sweep)
     if not chosen:
