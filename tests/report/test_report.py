@@ -37,7 +37,7 @@ HEADER_TAIL = [
     "run",
 ]
 PATHS = {"p": "partition.p", "opt_out": "partition.opt_out"}
-PLOTS = {"local_vs_global.png", "client_accuracy.png", "gate_moe.png"}
+PLOTS = {"local_vs_global.png", "frontier.png", "client_accuracy.png", "gate_moe.png"}
 
 
 def _number(text: str) -> float | None:
@@ -266,7 +266,9 @@ def test_many_combinations_split_into_several_figures(tmp_path: Path) -> None:
     text = check_report(
         root,
         ["p", "opt_out"],
-        {f"{s}-{i}.png" for s in stems for i in (1, 2)} | {"accuracy_vs_opt_out.png"},
+        {f"{s}-{i}.png" for s in stems for i in (1, 2)}
+        | {"accuracy_vs_opt_out.png"}
+        | {f"frontier-{i}.png" for i in (1, 2, 3)},  # a panel per cell, 4 a figure
     )
     assert "### Accuracy vs p (2/2)" in text
 
@@ -839,6 +841,20 @@ def test_up_to_a_hundred_methods_each_have_their_own_colour_and_marker() -> None
     styles = [methods.style(m) for m in names]
     assert len(set(styles)) == 100
     assert styles[:10] == list(PALETTE)  # the first ten as before
+
+
+def test_the_frontier_is_the_methods_no_other_beats_on_both_accuracies() -> None:
+    from fedmoe.report.plots import ScatterPoint, frontier
+
+    def point(name: str, x: float, y: float) -> ScatterPoint:
+        return ScatterPoint(name, name, x, y, 0.0, 0.0)
+
+    fedavg, ft, moe = point("fedavg", 85, 84), point("ft", 83, 90), point("moe", 81, 92)
+    behind = [point("ifca", 84, 83), point("ditto", 82, 89), point("tie", 83, 89.5)]
+    twin = point("twin", 83, 90)  # equal on both: not beaten, so on the frontier too
+    edge = frontier([moe, *behind, fedavg, ft, twin])
+    assert [p.method for p in edge] == ["moe", "ft", "twin", "fedavg"]
+    assert frontier([]) == []
 
 
 def test_grid_values_over_decades_are_plotted_on_a_log_axis() -> None:

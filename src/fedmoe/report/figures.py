@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from fedmoe.report import plots
-from fedmoe.report.plots import BarPanel, BoxPanel, Curve, Methods, ScatterPoint
+from fedmoe.report.leaderboard import cell_title
+from fedmoe.report.plots import BarPanel, BoxPanel, Curve, FrontierPanel, Methods, ScatterPoint
 from fedmoe.sweep.format import ALIASES
 from fedmoe.sweep.reader import (
     Cell,
@@ -259,6 +260,47 @@ def _scatter_plots(sweep: Sweep, out: Path) -> list[Plot | Skipped]:
     return found
 
 
+#: The share of FedAvg's global-test accuracy a personalised model should keep.
+GLOBAL_FLOOR = 0.9
+
+
+def _frontier_plots(sweep: Sweep, out: Path) -> list[Plot | Skipped]:
+    chunks = _chunks(list(sweep.cells), _PER_FIGURE)
+    found: list[Plot | Skipped] = []
+    for index, chunk in enumerate(chunks):
+        panels = []
+        for cell in chunk:
+            points = []
+            for method in sweep.methods:
+                loc, glo = accuracy(cell, method, "local"), accuracy(cell, method, "global")
+                if loc.n:
+                    label = sweep.label(method)
+                    points.append(
+                        ScatterPoint(
+                            method,
+                            label,
+                            100 * glo.mean,
+                            100 * loc.mean,
+                            100 * glo.std,
+                            100 * loc.std,
+                        )
+                    )
+            fedavg = accuracy(cell, "fedavg", "global") if "fedavg" in sweep.methods else None
+            floor = 100 * GLOBAL_FLOOR * fedavg.mean if fedavg and fedavg.n else math.nan
+            panels.append(FrontierPanel(cell_title(sweep, cell), tuple(points), floor))
+        file = _file("frontier", index, len(chunks))
+        plots.plot_frontiers(out / file, "Local-vs-global frontier", panels, _methods(sweep))
+        caption = (
+            f"One panel per cell, each method a point ({_SPREAD}): x global-test, y local-test "
+            "accuracy. The dashed line joins the frontier (the methods no other method beats on "
+            f"both), named; the dotted line is {GLOBAL_FLOOR} x FedAvg's global-test accuracy. "
+            f"Methods more than {plots.FRONTIER_SPAN:g} global-test points left of the best "
+            "are named in the corner, not drawn."
+        )
+        found.append(Plot(file, _numbered("Local-vs-global frontier", index, len(chunks)), caption))
+    return found
+
+
 def _scatter_label(sweep: Sweep, cell: Cell, key: str | None) -> str:
     if key is None:
         p = lookup(runs_of(sweep, cell)[0].get("config"), "partition.p")
@@ -390,6 +432,6 @@ def write_plots(sweep: Sweep, out: Path) -> list[Plot | Skipped]:
     """Write every plot that applies to ``sweep`` under ``out``; the written ones and
     the skipped ones (with the reason), in report order."""
     found: list[Plot | Skipped] = []
-    for make in (_curve_plots, _scatter_plots, _box_plots, _gate_plots):
+    for make in (_curve_plots, _scatter_plots, _frontier_plots, _box_plots, _gate_plots):
         found.extend(make(sweep, out))
     return found

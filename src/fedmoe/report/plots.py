@@ -33,11 +33,14 @@ __all__ = [
     "BarPanel",
     "BoxPanel",
     "Curve",
+    "FrontierPanel",
     "Methods",
     "ScatterPoint",
+    "frontier",
     "plot_bars",
     "plot_boxes",
     "plot_curves",
+    "plot_frontiers",
     "plot_local_vs_global",
 ]
 
@@ -267,6 +270,104 @@ def plot_local_vs_global(
     return _save(figure, path)
 
 
+@dataclass(frozen=True)
+class FrontierPanel:
+    """One setting: its methods as points (``x`` global-test, ``y`` local-test accuracy,
+    ``label`` the method's display name) and ``floor``, the global-test accuracy a
+    personalised model should keep (0.9 x FedAvg's; NaN for none)."""
+
+    title: str
+    points: tuple[ScatterPoint, ...]
+    floor: float
+
+
+#: A frontier panel shows the points within this many global-test points of its best;
+#: those further left (a purely local model, say) are named in its corner instead, so
+#: that they do not squeeze the others into a corner.
+FRONTIER_SPAN = 15.0
+
+
+def frontier(points: Sequence[ScatterPoint]) -> list[ScatterPoint]:
+    """The points that no other point beats on both accuracies (ties kept), by ``x``."""
+    ahead = [
+        p
+        for p in points
+        if not any(q.x >= p.x and q.y >= p.y and (q.x > p.x or q.y > p.y) for q in points)
+    ]
+    return sorted(ahead, key=lambda p: (p.x, -p.y))
+
+
+def plot_frontiers(
+    path: Path, title: str, panels: Sequence[FrontierPanel], methods: Methods
+) -> Path:
+    """Write one panel per setting of local-test against global-test accuracy: every
+    method a point, the local-vs-global frontier (:func:`frontier`) joined and labelled,
+    the panel's ``floor`` a dashed vertical line. Each panel has its own limits
+    (settings differ in difficulty); see :data:`FRONTIER_SPAN` for points left out."""
+    figure, axes = _figure(len(panels), 6.4, 5.2, ncols=2)
+    for ax, panel in zip(axes, panels, strict=True):
+        finite = [p for p in panel.points if math.isfinite(p.x) and math.isfinite(p.y)]
+        best = max((p.x for p in finite), default=math.nan)
+        shown = [p for p in finite if p.x >= best - FRONTIER_SPAN]
+        left = [p for p in finite if p not in shown]
+        for p in shown:
+            color, marker = methods.style(p.method)
+            ax.errorbar(
+                [p.x],
+                [p.y],
+                xerr=_finite([p.xerr]),
+                yerr=_finite([p.yerr]),
+                color=color,
+                marker=marker,
+                capsize=2,
+                markersize=7,
+                alpha=0.9,
+            )
+        edge = frontier(shown)
+        ax.plot([p.x for p in edge], [p.y for p in edge], color="0.3", linestyle="--", lw=0.9)
+        for i, p in enumerate(edge):  # labels above and below in turn: neighbours differ
+            ax.annotate(
+                p.label,
+                (p.x, p.y),
+                xytext=(6, 4 - 15 * (i % 2)),
+                textcoords="offset points",
+                fontsize=7.5,
+            )
+        xlim = _range([v for p in shown for v in _span(p.x, p.xerr)], margin=1.0)
+        ylim = _range([v for p in shown for v in _span(p.y, p.yerr)], margin=1.0)
+        if math.isfinite(panel.floor):
+            xlim = (min(xlim[0], panel.floor - 1.0), xlim[1])
+            ax.axvline(panel.floor, color="tab:red", linestyle=":", linewidth=1)
+            ax.annotate(
+                "0.9 x FedAvg",
+                (panel.floor, ylim[0]),
+                xytext=(3, 3),
+                textcoords="offset points",
+                fontsize=7.5,
+                color="tab:red",
+            )
+        if left:
+            names = ", ".join(f"{p.label} ({p.x:.1f}, {p.y:.1f})" for p in left)
+            ax.text(
+                0.01,
+                0.99,
+                f"off the panel, left: {names}",
+                transform=ax.transAxes,
+                fontsize=7,
+                va="top",
+                color="0.3",
+            )
+        ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
+        ax.set_title(panel.title, fontsize=11)
+        ax.set_xlabel("global-test accuracy (%)")
+        ax.set_ylabel("local-test accuracy (%)")
+        ax.grid(alpha=0.3)
+    _legend(figure, _method_handles(methods, line=False), list(methods.labels))
+    figure.suptitle(title, fontsize=12)
+    return _save(figure, path)
+
+
 def _legend(figure: Figure, handles: Sequence[Artist], labels: list[str], columns: int = 4) -> None:
     """The figure's legend below the panels, in rows of at most ``columns`` entries."""
     figure.legend(
@@ -279,11 +380,12 @@ def _span(value: float, err: float) -> tuple[float, float]:
     return value - spread, value + spread
 
 
-def _range(values: Sequence[float]) -> tuple[float, float]:
-    """Axis limits (percent) that hold every value with a margin, within [0, 100]."""
+def _range(values: Sequence[float], margin: float = 3.0) -> tuple[float, float]:
+    """Axis limits (percent) that hold every value with a margin (at least ``margin``
+    points, 8% of the range), within [0, 100]."""
     finite = [v for v in values if math.isfinite(v)] or [0.0, 100.0]
     lo, hi = min(finite), max(finite)
-    margin = max(3.0, 0.08 * (hi - lo))
+    margin = max(margin, 0.08 * (hi - lo))
     return max(0.0, lo - margin), min(100.0, hi + margin)
 
 
