@@ -287,7 +287,8 @@ def _frontier_plots(sweep: Sweep, out: Path) -> list[Plot | Skipped]:
                     )
             fedavg = accuracy(cell, "fedavg", "global") if "fedavg" in sweep.methods else None
             floor = 100 * GLOBAL_FLOOR * fedavg.mean if fedavg and fedavg.n else math.nan
-            panels.append(FrontierPanel(cell_title(sweep, cell), tuple(points), floor))
+            name = f"{GLOBAL_FLOOR} x FedAvg's global-test accuracy"
+            panels.append(FrontierPanel(cell_title(sweep, cell), tuple(points), floor, name))
         file = _file("frontier", index, len(chunks))
         plots.plot_frontiers(out / file, "Local-vs-global frontier", panels, _methods(sweep))
         caption = (

@@ -274,11 +274,12 @@ def plot_local_vs_global(
 class FrontierPanel:
     """One setting: its methods as points (``x`` global-test, ``y`` local-test accuracy,
     ``label`` the method's display name) and ``floor``, the global-test accuracy a
-    personalised model should keep (0.9 x FedAvg's; NaN for none)."""
+    personalised model should keep (NaN for none), named ``floor_label``."""
 
     title: str
     points: tuple[ScatterPoint, ...]
     floor: float
+    floor_label: str = ""
 
 
 #: A frontier panel shows the points within this many global-test points of its best;
@@ -301,8 +302,8 @@ def plot_frontiers(
     path: Path, title: str, panels: Sequence[FrontierPanel], methods: Methods
 ) -> Path:
     """Write one panel per setting of local-test against global-test accuracy: every
-    method a point, the local-vs-global frontier (:func:`frontier`) joined and labelled,
-    the panel's ``floor`` a dashed vertical line. Each panel has its own limits
+    method a point, the local-vs-global frontier (:func:`frontier`) joined and named,
+    the panel's ``floor`` a dotted vertical line. Each panel has its own limits
     (settings differ in difficulty); see :data:`FRONTIER_SPAN` for points left out."""
     figure, axes = _figure(len(panels), 6.4, 5.2, ncols=2)
     for ax, panel in zip(axes, panels, strict=True):
@@ -325,24 +326,20 @@ def plot_frontiers(
             )
         edge = frontier(shown)
         ax.plot([p.x for p in edge], [p.y for p in edge], color="0.3", linestyle="--", lw=0.9)
-        for i, p in enumerate(edge):  # labels above and below in turn: neighbours differ
-            ax.annotate(
-                p.label,
-                (p.x, p.y),
-                xytext=(6, 4 - 15 * (i % 2)),
-                textcoords="offset points",
-                fontsize=7.5,
-            )
+        # Named in a corner, best local accuracy first: labels at close points collide.
+        names = "\n".join(p.label for p in edge)
+        ax.text(0.01, 0.01, f"frontier:\n{names}", transform=ax.transAxes, fontsize=7.5)
         xlim = _range([v for p in shown for v in _span(p.x, p.xerr)], margin=1.0)
         ylim = _range([v for p in shown for v in _span(p.y, p.yerr)], margin=1.0)
         if math.isfinite(panel.floor):
             xlim = (min(xlim[0], panel.floor - 1.0), xlim[1])
             ax.axvline(panel.floor, color="tab:red", linestyle=":", linewidth=1)
-            ax.annotate(
-                "0.9 x FedAvg",
-                (panel.floor, ylim[0]),
-                xytext=(3, 3),
-                textcoords="offset points",
+            ax.text(
+                panel.floor,
+                sum(ylim) / 2,
+                f" {panel.floor_label}",
+                rotation=90,
+                va="center",
                 fontsize=7.5,
                 color="tab:red",
             )
