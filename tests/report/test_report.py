@@ -843,6 +843,27 @@ def test_up_to_a_hundred_methods_each_have_their_own_colour_and_marker() -> None
     assert styles[:10] == list(PALETTE)  # the first ten as before
 
 
+def test_a_cell_still_in_progress_says_which_methods_and_seeds_it_lacks(tmp_path: Path) -> None:
+    root = make_sweep(tmp_path / "s", {"p": ["0.5", "0.8"]}, [0, 1])
+    with (root / "sweep.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    at = {c: rows[0].index(c) for c in ("cell", "seed", "method")}
+
+    def dropped(row: list[str]) -> bool:
+        late = row[at["cell"]] == "p=0.8"
+        return late and (
+            row[at["method"]] == "local" or (row[at["method"]], row[at["seed"]]) == ("moe", "1")
+        )
+
+    with (root / "sweep.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([r for r in rows if not dropped(r)])
+    board = write_report(root).read_text().split("## Leaderboard")[1].split("\n## ")[0]
+    early, late = board.split("### p = 0.8")
+    assert "Not run in this cell" not in early and "fewer seeds" not in early
+    assert "- Not run in this cell (yet): Local." in late
+    assert "- Over fewer seeds than the 2 of others here: MoE (1)." in late
+
+
 def test_the_frontier_is_the_methods_no_other_beats_on_both_accuracies() -> None:
     from fedmoe.report.plots import ScatterPoint, frontier
 

@@ -122,6 +122,22 @@ def _table(sweep: Sweep, cell: Cell) -> str:
     return "\n".join(lines)
 
 
+def _coverage(sweep: Sweep, cell: Cell) -> str:
+    """Where a cell is not yet complete (a study in progress, merged from groups that
+    ran so far): the sweep's methods with no run in it, and those over fewer seeds than
+    the most any method has there. Empty for a complete cell."""
+    counts = {m: len(cell.seeds(m)) for m in sweep.methods}
+    most = max(counts.values(), default=0)
+    missing = [sweep.label(m) for m, n in counts.items() if n == 0]
+    fewer = [f"{sweep.label(m)} ({n})" for m, n in counts.items() if 0 < n < most]
+    lines = []
+    if missing:
+        lines.append(f"- Not run in this cell (yet): {', '.join(missing)}.")
+    if fewer:
+        lines.append(f"- Over fewer seeds than the {most} of others here: {', '.join(fewer)}.")
+    return "\n".join(lines)
+
+
 def _against_best(sweep: Sweep, cell: Cell) -> str:
     best = best_baseline(sweep, cell)
     if best is None or not sweep.contenders:
@@ -172,6 +188,9 @@ def leaderboard_section(sweep: Sweep) -> str:
     for cell in sweep.cells:
         title = cell_title(sweep, cell)
         parts.append(f"### {title or cell.name}\n\n{_table(sweep, cell)}\n\n")
+        coverage = _coverage(sweep, cell)
+        if coverage:
+            parts.append(f"{coverage}\n\n")
         against = _against_best(sweep, cell)
         if against:
             parts.append(f"{against}\n\n")
