@@ -221,6 +221,26 @@ def _curve(
     )
 
 
+def _points(sweep: Sweep, cell: Cell, label: str | None = None) -> list[ScatterPoint]:
+    """Each method of ``cell`` with runs as a point: x global-test, y local-test accuracy
+    (percent, mean and std over seeds), labelled ``label`` (default: the method's)."""
+    points = []
+    for method in sweep.methods:
+        loc, glo = accuracy(cell, method, "local"), accuracy(cell, method, "global")
+        if loc.n:
+            points.append(
+                ScatterPoint(
+                    method,
+                    label or sweep.label(method),
+                    100 * glo.mean,
+                    100 * loc.mean,
+                    100 * glo.std,
+                    100 * loc.std,
+                )
+            )
+    return points
+
+
 def _scatter_plots(sweep: Sweep, out: Path) -> list[Plot | Skipped]:
     lay = layout(sweep)
     panels = _panels(sweep, lay)
@@ -232,19 +252,7 @@ def _scatter_plots(sweep: Sweep, out: Path) -> list[Plot | Skipped]:
             points = []
             for cell in cells:
                 label = _scatter_label(sweep, cell, lay.primary)
-                for method in sweep.methods:
-                    loc, glo = accuracy(cell, method, "local"), accuracy(cell, method, "global")
-                    if loc.n:
-                        points.append(
-                            ScatterPoint(
-                                method,
-                                label,
-                                100 * glo.mean,
-                                100 * loc.mean,
-                                100 * glo.std,
-                                100 * loc.std,
-                            )
-                        )
+                points.extend(_points(sweep, cell, label))
             drawn.append((title, points))
         file = _file("local_vs_global", index, len(chunks))
         plots.plot_local_vs_global(
@@ -270,31 +278,18 @@ def _frontier_plots(sweep: Sweep, out: Path) -> list[Plot | Skipped]:
     for index, chunk in enumerate(chunks):
         panels = []
         for cell in chunk:
-            points = []
-            for method in sweep.methods:
-                loc, glo = accuracy(cell, method, "local"), accuracy(cell, method, "global")
-                if loc.n:
-                    label = sweep.label(method)
-                    points.append(
-                        ScatterPoint(
-                            method,
-                            label,
-                            100 * glo.mean,
-                            100 * loc.mean,
-                            100 * glo.std,
-                            100 * loc.std,
-                        )
-                    )
+            points = tuple(_points(sweep, cell))
             fedavg = accuracy(cell, "fedavg", "global") if "fedavg" in sweep.methods else None
             floor = 100 * GLOBAL_FLOOR * fedavg.mean if fedavg and fedavg.n else math.nan
             name = f"{GLOBAL_FLOOR} x FedAvg's global-test accuracy"
-            panels.append(FrontierPanel(cell_title(sweep, cell), tuple(points), floor, name))
+            panels.append(FrontierPanel(cell_title(sweep, cell), points, floor, name))
         file = _file("frontier", index, len(chunks))
         plots.plot_frontiers(out / file, "Local-vs-global frontier", panels, _methods(sweep))
         caption = (
             f"One panel per cell, each method a point ({_SPREAD}): x global-test, y local-test "
             "accuracy. The dashed line joins the frontier (the methods no other method beats on "
-            f"both), named; the dotted line is {GLOBAL_FLOOR} x FedAvg's global-test accuracy. "
+            f"both), listed in the lower left; the dotted line is {GLOBAL_FLOOR} x FedAvg's "
+            "global-test accuracy. "
             f"Methods more than {plots.FRONTIER_SPAN:g} global-test points left of the best "
             "are named in the corner, not drawn."
         )
