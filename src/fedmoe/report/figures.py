@@ -291,7 +291,7 @@ def _frontier_plots(sweep: Sweep, out: Path) -> list[Plot | Skipped]:
             f"both), listed in the lower left; the dotted line is {GLOBAL_FLOOR} x FedAvg's "
             "global-test accuracy. "
             f"Methods more than {plots.FRONTIER_SPAN:g} global-test points left of the best "
-            "are named in the corner, not drawn."
+            "are named in the upper left, not drawn."
         )
         found.append(Plot(file, _numbered("Local-vs-global frontier", index, len(chunks)), caption))
     return found
