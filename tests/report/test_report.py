@@ -878,6 +878,15 @@ def test_the_frontier_is_the_methods_no_other_beats_on_both_accuracies() -> None
     assert frontier([]) == []
 
 
+def test_a_frontier_panel_leaves_out_only_points_beyond_a_wide_gap() -> None:
+    from fedmoe.report.plots import ScatterPoint, _far_left
+
+    xs = {"fedavg": 82.0, "ifca": 77.8, "ft": 72.0, "fedbabu": 63.5, "ditto": 57.9, "local": 18.9}
+    points = [ScatterPoint(m, m, x, 90.0, 0.0, 0.0) for m, x in xs.items()]
+    assert [p.method for p in _far_left(points)] == ["local"]
+    assert _far_left(points[:-1]) == [] and _far_left([]) == []
+
+
 def test_grid_values_over_decades_are_plotted_on_a_log_axis() -> None:
     from fedmoe.report.plots import log_axis
 

@@ -290,7 +290,7 @@ def _frontier_plots(sweep: Sweep, out: Path) -> list[Plot | Skipped]:
             "accuracy. The dashed line joins the frontier (the methods no other method beats on "
             f"both), listed in the lower left; the dotted line is {GLOBAL_FLOOR} x FedAvg's "
             "global-test accuracy. "
-            f"Methods more than {plots.FRONTIER_SPAN:g} global-test points left of the best "
+            f"Methods left of a gap of more than {plots.FRONTIER_GAP:g} global-test points "
             "are named in the upper left, not drawn."
         )
         found.append(Plot(file, _numbered("Local-vs-global frontier", index, len(chunks)), caption))

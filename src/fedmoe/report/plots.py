@@ -282,10 +282,20 @@ class FrontierPanel:
     floor_label: str = ""
 
 
-#: A frontier panel shows the points within this many global-test points of its best;
-#: those further left (a purely local model, say) are named in its corner instead, so
-#: that they do not squeeze the others into a corner.
-FRONTIER_SPAN = 15.0
+#: A frontier panel leaves out the points left of a gap wider than this many
+#: global-test points (walking from the best leftwards): a purely local model, say, far
+#: from the rest, is named in its corner instead, so that it does not squeeze the
+#: others into one.
+FRONTIER_GAP = 15.0
+
+
+def _far_left(points: Sequence[ScatterPoint], gap: float = FRONTIER_GAP) -> list[ScatterPoint]:
+    """The points left of the first gap wider than ``gap`` in ``x``, from the right."""
+    ordered = sorted(points, key=lambda p: -p.x)
+    for i in range(1, len(ordered)):
+        if ordered[i - 1].x - ordered[i].x > gap:
+            return ordered[i:]
+    return []
 
 
 def frontier(points: Sequence[ScatterPoint]) -> list[ScatterPoint]:
@@ -304,13 +314,12 @@ def plot_frontiers(
     """Write one panel per setting of local-test against global-test accuracy: every
     method a point, the local-vs-global frontier (:func:`frontier`) joined and named,
     the panel's ``floor`` a dotted vertical line. Each panel has its own limits
-    (settings differ in difficulty); see :data:`FRONTIER_SPAN` for points left out."""
+    (settings differ in difficulty); see :data:`FRONTIER_GAP` for points left out."""
     figure, axes = _figure(len(panels), 6.4, 5.2, ncols=2)
     for ax, panel in zip(axes, panels, strict=True):
         finite = [p for p in panel.points if math.isfinite(p.x) and math.isfinite(p.y)]
-        best = max((p.x for p in finite), default=math.nan)
-        shown = [p for p in finite if p.x >= best - FRONTIER_SPAN]
-        left = [p for p in finite if p not in shown]
+        left = _far_left(finite)
+        shown = [p for p in finite if p not in left]
         for p in shown:
             color, marker = methods.style(p.method)
             ax.errorbar(
