@@ -51,7 +51,8 @@ def is_data(key: str) -> bool:
 
 
 def tuning_section(sweep: Sweep) -> str:
-    """The report's tuning section (empty without a grid or validation scores)."""
+    """The report's tuning section (empty without a grid or validation scores, or for a
+    grid over the data)."""
     if not sweep.keys or len(sweep.cells) < 2 or any(map(is_data, sweep.keys)):
         return ""
     chosen = choices(sweep)
