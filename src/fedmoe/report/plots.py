@@ -259,15 +259,22 @@ def plot_local_vs_global(
                 markersize=6,
             )
         _annotate(ax, points, near)
-        ax.set_xlim(*xlim)
-        ax.set_ylim(*ylim)
-        ax.set_title(panel_title, fontsize=11)
-        ax.set_xlabel("global-test accuracy (%)")
-        ax.set_ylabel("local-test accuracy (%)")
-        ax.grid(alpha=0.3)
+        _local_vs_global_axes(ax, panel_title, xlim, ylim)
     _legend(figure, _method_handles(methods, line=False), list(methods.labels))
     figure.suptitle(title, fontsize=12)
     return _save(figure, path)
+
+
+def _local_vs_global_axes(
+    ax: Axes, title: str, xlim: tuple[float, float], ylim: tuple[float, float]
+) -> None:
+    """Limits, title, labels and grid of a panel of local- against global-test accuracy."""
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel("global-test accuracy (%)")
+    ax.set_ylabel("local-test accuracy (%)")
+    ax.grid(alpha=0.3)
 
 
 @dataclass(frozen=True)
@@ -363,12 +370,7 @@ def plot_frontiers(
                 va="top",
                 color="0.3",
             )
-        ax.set_xlim(*xlim)
-        ax.set_ylim(*ylim)
-        ax.set_title(panel.title, fontsize=11)
-        ax.set_xlabel("global-test accuracy (%)")
-        ax.set_ylabel("local-test accuracy (%)")
-        ax.grid(alpha=0.3)
+        _local_vs_global_axes(ax, panel.title, xlim, ylim)
     _legend(figure, _method_handles(methods, line=False), list(methods.labels))
     figure.suptitle(title, fontsize=12)
     return _save(figure, path)
