@@ -175,6 +175,18 @@ def add_method(root: Path, name: str, make: Callable[[dict[str, Any]], dict[str,
         csv.writer(f).writerows(rows)
 
 
+def add_validation(root: Path, score: Callable[[str, str], float]) -> None:
+    """Give every method of every run of the sweep in ``root`` validation scores: each
+    client ``score(run directory name, method)``."""
+    for run in (root / "runs").iterdir():
+        path = run / "results.json"
+        results = json.loads(path.read_text())
+        for method, entry in results["methods"].items():
+            mean = score(run.name, method)
+            entry["val"] = {"per_client": [mean] * 4, "mean": mean, "std": 0.0, "min": mean}
+        path.write_text(json.dumps(results))
+
+
 def expected_rows(
     root: Path, keys: list[str], split: str, methods: tuple[str, ...] = METHODS
 ) -> list[str]:
@@ -799,14 +811,12 @@ def test_the_tuning_section_chooses_each_methods_cell_on_validation(tmp_path: Pa
     # MoE's validation accuracy peaks at lr 0.01 (its test accuracy at 0.1: not chosen
     # on); FedAvg's is the same in every cell: nothing to choose.
     val = {"0.001": 0.70, "0.01": 0.80, "0.1": 0.75}
-    for run in (root / "runs").iterdir():
-        path = run / "results.json"
-        results = json.loads(path.read_text())
-        lr, seed = run.name.split("=")[1].split("-s")
-        for method, entry in results["methods"].items():
-            mean = val[lr] + 0.01 * int(seed) if method == "moe" else 0.6
-            entry["val"] = {"per_client": [mean] * 4, "mean": mean, "std": 0.0, "min": mean}
-        path.write_text(json.dumps(results))
+
+    def score(run: str, method: str) -> float:
+        lr, seed = run.split("=")[1].split("-s")
+        return val[lr] + 0.01 * int(seed) if method == "moe" else 0.6
+
+    add_validation(root, score)
     sweep = read_sweep(root)
     chosen = choices(sweep)
     assert list(chosen) == ["moe"] and chosen["moe"].grid[0].text == "0.01"
@@ -823,13 +833,7 @@ def test_a_grid_over_the_data_has_no_tuning_section(tmp_path: Path) -> None:
     assert is_data("p") and is_data("alpha") and is_data("partition.rotations")
     assert is_data("dataset") and not is_data("method.moe.lr") and not is_data("personalise.lr")
     root = make_sweep(tmp_path / "study", {"p": ["0.5", "0.8"]}, [0])
-    for run in (root / "runs").iterdir():
-        path = run / "results.json"
-        results = json.loads(path.read_text())
-        mean = 0.9 if "0.8" in run.name else 0.8
-        for entry in results["methods"].values():
-            entry["val"] = {"per_client": [mean] * 4, "mean": mean, "std": 0.0, "min": mean}
-        path.write_text(json.dumps(results))
+    add_validation(root, lambda run, _: 0.9 if "0.8" in run else 0.8)
     assert "## Chosen on validation" not in write_report(root).read_text()
 
 

@@ -360,11 +360,11 @@ def plot_frontiers(
                 color="tab:red",
             )
         if left:
-            names = ", ".join(f"{p.label} ({p.x:.1f}, {p.y:.1f})" for p in left)
+            off = ", ".join(f"{p.label} ({p.x:.1f}, {p.y:.1f})" for p in left)
             ax.text(
                 0.01,
                 0.99,
-                f"off the panel, left: {names}",
+                f"off the panel, left: {off}",
                 transform=ax.transAxes,
                 fontsize=7,
                 va="top",
