@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from fedmoe.engine import ClientData, EarlyStopping, OptimizerConfig, TrainConfig
+from fedmoe.errors import ConfigError
 from fedmoe.experiment import config
 from fedmoe.experiment.prepare import run_spec
 from fedmoe.federation import Clients
@@ -23,6 +25,7 @@ from fedmoe.methods.gating import (
     fit_gate,
     fit_temperature,
     image_inputs,
+    label_counts,
     log_prior_ratio,
     scaled,
 )
@@ -49,7 +52,9 @@ def test_temperature_recovers_an_overconfident_expert() -> None:
 def test_log_prior_ratio_is_positive_for_frequent_and_negative_for_rare_classes() -> None:
     y = torch.tensor([0, 0, 0, 1, 2, 2, 2, 2])
     data = ClientData.from_indices(torch.zeros(8, 1), y, [np.arange(4), np.arange(4, 8)])
-    ratio = log_prior_ratio(data, 3)
+    counts = label_counts(data, 3)
+    torch.testing.assert_close(counts[0], torch.tensor([3.0, 1.0, 0.0], dtype=torch.float64))
+    ratio = log_prior_ratio(counts)
     # Client 0: counts (3, 1, 0) over 4 examples, add-one smoothed over 3 classes.
     expected = torch.log(torch.tensor([4 / 7, 2 / 7, 1 / 7], dtype=torch.float64) * 3)
     torch.testing.assert_close(ratio[0], expected)
@@ -62,6 +67,10 @@ def test_ablations_switch_each_option_once_and_all_together() -> None:
     assert len(variants) == 7 and variants[best.label] == best
     every = GateConfig("image", "train", False, False, False)
     assert every in variants.values()
+    # The fallback rule is not an option the ablation switches: every variant keeps it.
+    kept = GateConfig(fallback=0.1).ablations()
+    assert {c.fallback for c in kept.values()} == {0.1}
+    assert "fallback 0.1" in GateConfig(fallback=0.1).label
     for other in variants.values():
         if other not in (best, every):
             differences = [
@@ -91,7 +100,7 @@ def test_gate_learns_which_expert_to_trust_per_input() -> None:
     k = 3
     gate_net = build_network("mlp", (4,), 3, gate=True, dropout=0.0)
     cfg = TrainConfig(60, 10, OptimizerConfig("adam", lr=1e-2), EarlyStopping(5, 4, 0.0))
-    prior = torch.zeros(k, 3, dtype=torch.float64)
+    counts = torch.zeros(k, 3, dtype=torch.float64)  # a uniform prior
     for options in (
         GateConfig(data="train"),
         GateConfig(data="heldout", calibrate=False, adjust=False),
@@ -101,7 +110,7 @@ def test_gate_learns_which_expert_to_trust_per_input() -> None:
             gate_net,
             _experts(k, 60, 0),
             _experts(k, 80, 1),
-            prior,
+            counts,
             options,
             cfg,
             torch.arange(k),
@@ -127,7 +136,7 @@ def test_image_inputs_are_the_clients_rows_flattened() -> None:
 def test_adjusted_global_expert_is_bayes_rule_for_the_clients_label_shift() -> None:
     k, n = 2, 50
     ex = _experts(k, n, 3)
-    ratio = torch.log(torch.tensor([[2.0, 0.5, 0.5], [0.2, 0.2, 2.6]], dtype=torch.float64))
+    ratio = log_prior_ratio(torch.tensor([[9.0, 1.0, 1.0], [0.0, 0.0, 12.0]], dtype=torch.float64))
     gate_net = build_network("mlp", (4,), 3, gate=True, dropout=0.0)
     cfg = TrainConfig(1, 10, OptimizerConfig("adam", lr=1e-9))
     fit = fit_gate(
@@ -135,7 +144,7 @@ def test_adjusted_global_expert_is_bayes_rule_for_the_clients_label_shift() -> N
         gate_net,
         ex,
         ex,
-        ratio,
+        torch.tensor([[9.0, 1.0, 1.0], [0.0, 0.0, 12.0]], dtype=torch.float64),
         GateConfig(calibrate=False, prior=False, adjust=True),
         cfg,
         torch.arange(k),
@@ -148,6 +157,48 @@ def test_adjusted_global_expert_is_bayes_rule_for_the_clients_label_shift() -> N
     adjusted = torch.log_softmax(ex.log_pg.double() + ratio.unsqueeze(1), -1)
     expected = -adjusted.gather(-1, ex.y.unsqueeze(-1)).squeeze(-1).mean(1)
     torch.testing.assert_close(ev.loss, expected, rtol=1e-4, atol=1e-5)
+
+
+def _unseen_classes(k: int, n: int, seed: int) -> Experts:
+    """Clients that trained on class 0 alone, on inputs of all three classes: the
+    specialist says class 0 whatever the input; the global expert is confidently right."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (k, n), generator=g)
+    one_hot = torch.nn.functional.one_hot
+    log_ps = torch.log_softmax(4.0 * one_hot(torch.zeros_like(y), 3).float(), -1)
+    log_pg = torch.log_softmax(6.0 * one_hot(y, 3).float(), -1)
+    return Experts(torch.randn(k, n, 4, generator=g), log_ps, log_pg, y, torch.full((k,), n))
+
+
+def test_fallback_hands_inputs_of_unseen_classes_to_the_global_expert() -> None:
+    k = 2
+    ex = _unseen_classes(k, 300, 0)
+    counts = torch.tensor([[20.0, 0.0, 0.0]] * k, dtype=torch.float64)
+    results = []
+    for fallback in (0.0, 0.5):
+        config = GateConfig(calibrate=False, prior=False, adjust=False, fallback=fallback)
+        fit = fit_gate(
+            build_network("mlp", (4,), 3),
+            build_network("mlp", (4,), 3, gate=True, dropout=0.0),
+            ex,
+            ex,
+            counts,
+            config,
+            TrainConfig(1, 10, OptimizerConfig("adam", lr=1e-9)),
+            torch.arange(k),
+            seed=0,
+        )
+        assert fit.seen is not None and fit.seen.tolist() == [[True, False, False]] * k
+        # Trust the specialist everywhere, as a gate fitted on class 0 alone learns to.
+        fit.params["gate.fc3.bias"] = torch.full((k, 1), 60.0)
+        results.append(evaluate_gate(fit, ex))
+    (plain, _), (ruled, gates) = results
+    other = ex.y != 0
+    # Without the rule the mixture is the specialist, right on class 0 alone; with it,
+    # the global expert answers wherever it puts under half its mass on class 0.
+    torch.testing.assert_close(plain.accuracy, (~other).double().mean(1))
+    assert float(ruled.accuracy.min()) == 1.0
+    assert float(gates[other].max()) == 0.0 and float(gates[~other].min()) > 0.99
 
 
 def _three_domains(k: int, n: int, seed: int) -> Experts:
@@ -323,6 +374,7 @@ def test_moe_ifca_gate_over_cluster_models_round_trips_through_its_state() -> No
     options = fg.GateOptions(lr=1e-2)
     own = method.personalise(run, options, clients, inputs, None)
     assert own.state["gate.t_clusters"].shape == (4, 2)
+    torch.testing.assert_close(own.state[fg.SEEN], label_counts(clients.train, 3) > 0)
     ev = method.evaluate(run, options, own, inputs, test)
     experts = [
         fg.experts_on(
@@ -341,3 +393,13 @@ def test_moe_ifca_gate_over_cluster_models_round_trips_through_its_state() -> No
     torch.testing.assert_close(ev.accuracy, direct.accuracy)
     assert ev.gate is not None and direct.gate is not None
     torch.testing.assert_close(ev.gate.g, direct.gate.g)
+    # The fallback rule reads the clients' seen classes from the state (every class is
+    # seen here: all the rule can do is leave the mixture as it is).
+    ruled = fg.GateOptions(lr=1e-2, fallback=0.9)
+    torch.testing.assert_close(method.evaluate(run, ruled, own, inputs, test).accuracy, ev.accuracy)
+
+
+def test_gate_options_reject_a_fallback_outside_0_to_1() -> None:
+    fg.GateOptions(fallback=0.0).validate("method.moe-plus")
+    with pytest.raises(ConfigError, match=r"method.moe-plus.fallback must be in \[0, 1\)"):
+        fg.GateOptions(fallback=1.0).validate("method.moe-plus")

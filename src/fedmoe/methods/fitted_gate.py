@@ -25,21 +25,21 @@ from fedmoe.methods.gating import (
     evaluate_gate,
     fit_gate,
     image_inputs,
-    log_prior_ratio,
+    label_counts,
 )
 from fedmoe.methods.params import prefixed, unprefixed
 from fedmoe.models import Model, Params, build_network
 from fedmoe.summary import summarise
 
-#: The clients' log prior ratios in a gate method's state.
-RATIO = "ratio"
+#: The clients' log prior ratios and the classes they have seen, in a gate method's state.
+RATIO, SEEN = "ratio", "seen"
 
 
 @dataclass(frozen=True)
 class GateOptions:
     """How the gate is fitted (see :mod:`fedmoe.methods.gating`): ``inputs``, ``data``,
-    ``calibrate``, ``prior``, ``adjust``, and its learning rate ``lr`` (the other
-    training settings are ``[personalise]``'s)."""
+    ``calibrate``, ``prior``, ``adjust``, its learning rate ``lr`` (the other training
+    settings are ``[personalise]``'s) and the ``fallback`` rule (0: off)."""
 
     inputs: GateInputs = "features"
     data: GateData = "heldout"
@@ -47,13 +47,18 @@ class GateOptions:
     prior: bool = True
     adjust: bool = True
     lr: float = 1e-3
+    fallback: float = 0.0
 
     def validate(self, where: str) -> None:
         if self.lr <= 0:
             raise ConfigError(f"{where}.lr must be positive, got {self.lr}")
+        if not 0 <= self.fallback < 1:
+            raise ConfigError(f"{where}.fallback must be in [0, 1), got {self.fallback}")
 
     def gate(self) -> GateConfig:
-        return GateConfig(self.inputs, self.data, self.calibrate, self.prior, self.adjust)
+        return GateConfig(
+            self.inputs, self.data, self.calibrate, self.prior, self.adjust, self.fallback
+        )
 
 
 def check_heldout(where: str, config: GateConfig, run_config: Mapping[str, Any]) -> None:
@@ -114,7 +119,7 @@ def fit(
         gate_network(run, config, train.num_clusters),
         train,
         val,
-        log_prior_ratio(clients.train, run.num_classes),
+        label_counts(clients.train, run.num_classes),
         config,
         cfg,
         clients.ids,
@@ -123,9 +128,15 @@ def fit(
     )
 
 
+def client_state(fit: FittedGate) -> State:
+    """What every gate of a method shares: the clients' prior ratios and seen classes."""
+    assert fit.seen is not None
+    return {RATIO: fit.ratio, SEEN: fit.seen}
+
+
 def gate_state(fit: FittedGate, prefix: str) -> State:
-    """A fitted gate's tensors under ``prefix`` (its prior ratios are kept once, under
-    :data:`RATIO`, by the caller)."""
+    """A fitted gate's tensors under ``prefix`` (what its clients share is kept once,
+    :func:`client_state`, by the caller)."""
     state = prefixed(fit.params, f"{prefix}.param")
     state[f"{prefix}.t_specialist"] = fit.t_specialist
     state[f"{prefix}.t_global"] = fit.t_global
@@ -150,6 +161,7 @@ def restored(
         ones,
         ones,
         state.get(f"{prefix}.t_clusters"),
+        state.get(SEEN),
     )
 
 

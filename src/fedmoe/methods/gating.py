@@ -22,6 +22,14 @@ option of :class:`GateConfig`, so every one can be ablated:
   balanced and only the label distribution differs between clients), so the second
   expert knows every class *and* the client's class frequencies.
 
+A rule for clients that will meet classes they never trained on (off by default):
+
+- ``fallback``: where the (calibrated, unadjusted) global expert puts less than this
+  share of its probability on the classes the client has training examples of, the
+  prediction is the global expert's alone (the specialist's weight is 0). The gate is
+  fitted as before; the rule overrides it at prediction. The client's own data shows
+  its gate no input of another class, so a gate fitted on it cannot learn this.
+
 Both experts are frozen (the specialist is the client's fine-tuned model), so their
 outputs are computed once per split and the gate trains on rows
 ``[gate input | log p_s | log p_g | prior feature]`` with the ordinary engine.
@@ -69,6 +77,7 @@ class GateConfig:
     calibrate: bool = True
     prior: bool = True
     adjust: bool = True
+    fallback: float = 0.0
 
     @property
     def label(self) -> str:
@@ -79,6 +88,7 @@ class GateConfig:
         parts += ["calibrated"] if self.calibrate else []
         parts += ["prior"] if self.prior else []
         parts += ["adjusted global"] if self.adjust else []
+        parts += [f"fallback {self.fallback:g}"] if self.fallback else []
         return ", ".join(parts)
 
     def ablations(self) -> dict[str, GateConfig]:
@@ -90,12 +100,13 @@ class GateConfig:
             "prior": replace(self, prior=not self.prior),
             "adjust": replace(self, adjust=not self.adjust),
         }
-        every = GateConfig(
-            flipped["inputs"].inputs,
-            flipped["data"].data,
-            flipped["calibrate"].calibrate,
-            flipped["prior"].prior,
-            flipped["adjust"].adjust,
+        every = replace(
+            self,
+            inputs=flipped["inputs"].inputs,
+            data=flipped["data"].data,
+            calibrate=flipped["calibrate"].calibrate,
+            prior=flipped["prior"].prior,
+            adjust=flipped["adjust"].adjust,
         )
         return {c.label: c for c in (self, *flipped.values(), every)}
 
@@ -185,15 +196,20 @@ def scaled(log_p: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(log_p / t, -1)
 
 
-def log_prior_ratio(train: ClientData, num_classes: int) -> torch.Tensor:
-    """``log(C pi_k(y))`` ``(K, C)`` from each client's training labels, add-one
-    smoothed: positive for classes the client sees more than uniformly, negative for
-    those it rarely sees."""
+def label_counts(train: ClientData, num_classes: int) -> torch.Tensor:
+    """Each client's training examples per class, ``(K, C)`` (float64)."""
     positions = torch.arange(train.capacity, device=train.n.device).expand(train.num_clients, -1)
     _, y, valid = train.batch(positions)
     counts = torch.zeros(train.num_clients, num_classes, dtype=torch.float64, device=y.device)
-    counts.scatter_add_(1, y, valid.to(torch.float64))
-    freq = (counts + 1.0) / (train.n.unsqueeze(1).to(torch.float64) + num_classes)
+    return counts.scatter_add_(1, y, valid.to(torch.float64))
+
+
+def log_prior_ratio(counts: torch.Tensor) -> torch.Tensor:
+    """``log(C pi_k(y))`` ``(K, C)`` from each client's :func:`label_counts`, add-one
+    smoothed: positive for classes the client sees more than uniformly, negative for
+    those it rarely sees."""
+    num_classes = counts.shape[1]
+    freq = (counts + 1.0) / (counts.sum(1, keepdim=True) + num_classes)
     return torch.log(freq * num_classes)
 
 
@@ -255,7 +271,8 @@ class GateMixture:
 class FittedGate:
     """A fitted ``moe-plus``: gate parameters, per-client temperatures of the specialist
     and the global expert, the clients' :func:`log_prior_ratio`, epochs trained and best
-    stopping loss."""
+    stopping loss; ``seen`` ``(K, C)``: which classes each client has training examples
+    of (what ``fallback`` needs)."""
 
     config: GateConfig
     objective: GateMixture
@@ -267,6 +284,7 @@ class FittedGate:
     best_loss: torch.Tensor
     #: ``(K, M)`` temperatures of the cluster models, if any.
     t_clusters: torch.Tensor | None = None
+    seen: torch.Tensor | None = None
 
 
 def _rows(fit: FittedGate, ex: Experts, start: int, stop: int) -> torch.Tensor:
@@ -302,7 +320,7 @@ def fit_gate(
     gate_net: Model,
     train_experts: Experts,
     val_experts: Experts,
-    ratio: torch.Tensor,
+    counts: torch.Tensor,
     config: GateConfig,
     train_cfg: TrainConfig,
     clients: torch.Tensor,
@@ -311,7 +329,7 @@ def fit_gate(
 ) -> FittedGate:
     """Fit each client's gate (``gate_net``'s input shape must match ``config.inputs``).
 
-    ``ratio``: :func:`log_prior_ratio` of the clients' training labels."""
+    ``counts``: the clients' :func:`label_counts` of their training labels."""
     k, device = val_experts.num_clients, val_experts.n.device
     m = val_experts.num_clusters
     ones = torch.ones(k, dtype=torch.float64, device=device)
@@ -332,7 +350,8 @@ def fit_gate(
     if config.prior:
         params[PRIOR_SCALE] = torch.ones(k, 1, dtype=dtype, device=device)
     objective = GateMixture(gate_net, net.num_outputs, m)
-    fit = FittedGate(config, objective, params, t_s, t_g, ratio, ones, ones, t_c)
+    ratio = log_prior_ratio(counts)
+    fit = FittedGate(config, objective, params, t_s, t_g, ratio, ones, ones, t_c, counts > 0)
     zero = torch.zeros_like(val_experts.n)
     if config.data == "heldout":
         half = val_experts.n // 2
@@ -353,6 +372,21 @@ def _chunks(ex: Experts) -> Iterator[tuple[int, int]]:
         yield start, min(start + width, n)
 
 
+def _fall_back(
+    fit: FittedGate, ex: Experts, start: int, stop: int, log_probs: torch.Tensor, g: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mixture's log-probabilities and specialist weights on positions
+    ``[start, stop)`` with the ``fallback`` rule applied (see the module docstring)."""
+    if not fit.config.fallback:
+        return log_probs, g
+    if fit.seen is None:
+        raise ValueError("fallback needs the classes each client has seen (FittedGate.seen)")
+    log_pg = scaled(ex.log_pg[:, start:stop], fit.t_global).expand_as(log_probs)
+    mass = (log_pg.exp() * fit.seen.unsqueeze(1).to(log_pg.dtype)).sum(-1)
+    out = mass < fit.config.fallback
+    return torch.where(out.unsqueeze(-1), log_pg, log_probs), torch.where(out, 0.0, g)
+
+
 @torch.no_grad()
 def evaluate_gate(fit: FittedGate, ex: Experts) -> tuple[Evaluation, torch.Tensor]:
     """The mixture's per-client evaluation on ``ex`` and its gate values ``g`` ``(K, N)``
@@ -364,7 +398,8 @@ def evaluate_gate(fit: FittedGate, ex: Experts) -> tuple[Evaluation, torch.Tenso
     for start, stop in _chunks(ex):
         rows = _rows(fit, ex, start, stop)
         log_probs = fit.objective.log_probs(fit.params, rows, None)
-        logits = fit.objective.logits(fit.params, rows, None)
-        gates.append(fit.objective.specialist_weight(logits))
+        g = fit.objective.specialist_weight(fit.objective.logits(fit.params, rows, None))
+        log_probs, g = _fall_back(fit, ex, start, stop, log_probs, g)
+        gates.append(g)
         tally.add(log_probs, ex.y[:, start:stop].expand(k, -1), valid[:, start:stop])
     return tally.result(ex.n), torch.cat(gates, 1)

@@ -58,7 +58,7 @@ class MoeIfca(Method):
         train = self._experts(run, options, clients.train, inputs)
         val = self._experts(run, options, clients.val, inputs)
         fit = fg.fit(run, config, options.lr, clients, train, val, f"{self.name} epochs")
-        return Output(fg.gate_state(fit, GATE) | {fg.RATIO: fit.ratio}, fit.epochs, fit.best_loss)
+        return Output(fg.gate_state(fit, GATE) | fg.client_state(fit), fit.epochs, fit.best_loss)
 
     def evaluate(
         self,

@@ -86,7 +86,7 @@ class MoePlus(Method):
             state |= fg.gate_state(fit, f"v{j}")
             if j == 0:
                 main = fit
-                state[fg.RATIO] = fit.ratio
+                state |= fg.client_state(fit)
         assert main is not None
         return Output(state, main.epochs, main.best_loss)
 
