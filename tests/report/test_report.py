@@ -868,6 +868,32 @@ def test_a_cell_still_in_progress_says_which_methods_and_seeds_it_lacks(tmp_path
     assert "- Over fewer seeds than the 2 of others here: MoE (1)." in late
 
 
+def test_a_federated_phase_that_diverged_is_named_under_its_cell(tmp_path: Path) -> None:
+    root = make_sweep(tmp_path / "s", {"p": ["0.5", "1.0"]}, [0, 1])
+    path = root / "runs" / "p=1.0-s1" / "results.json"
+    results = json.loads(path.read_text())
+    history = [
+        {"round": 4, "clients": [0], "val_loss": 0.9, "val_accuracy": 0.6, "improved": True},
+        # No node replied: not a divergence.
+        {"round": 9, "clients": [1], "val_loss": None, "val_accuracy": None, "improved": False},
+        {"round": 14, "clients": [2], "val_loss": None, "val_accuracy": 0.1, "improved": False},
+        {"round": 19, "clients": [3], "val_loss": None, "val_accuracy": 0.1, "improved": False},
+    ]
+    results["methods"]["fedavg"]["federation"] = {
+        "best_round": 4,
+        "rounds_run": 20,
+        "history": history,
+    }
+    path.write_text(json.dumps(results))
+    board = write_report(root).read_text().split("## Leaderboard")[1].split("\n## ")[0]
+    early, late = board.split("### p = 1.0")
+    assert "Diverged" not in early
+    assert (
+        "- Diverged (the server model's validation loss became non-finite; the method uses "
+        "the best round validated before it): FedAvg (seed 1: round 14, kept round 4)."
+    ) in late
+
+
 def test_the_frontier_is_the_methods_no_other_beats_on_both_accuracies() -> None:
     from fedmoe.report.plots import ScatterPoint, frontier
 

@@ -137,7 +137,8 @@ class FederationServer:
             row = r.to_dict()
             for key in ("val_loss", "val_accuracy"):
                 if row[key] is not None and not math.isfinite(row[key]):
-                    row[key] = None  # no node replied to the validation
+                    # Both: no node replied; the loss alone: the model diverged.
+                    row[key] = None
             history.append(row)
         return {"best_round": self.best_round, "rounds_run": len(self.history), "history": history}
 

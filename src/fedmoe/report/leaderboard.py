@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fedmoe.report.paired import differences
-from fedmoe.sweep.reader import Cell, Stat, Sweep, accuracy, runs_of
+from fedmoe.sweep.reader import Cell, Stat, Sweep, accuracy, diverged, runs_of
 
 #: Methods that are bounds, not candidates: never "the best baseline".
 BOUNDS = ("centralised",)
@@ -138,6 +138,24 @@ def _coverage(sweep: Sweep, cell: Cell) -> str:
     return "\n".join(lines)
 
 
+def _diverged(sweep: Sweep, cell: Cell) -> str:
+    """The methods whose federated phase diverged in this cell, seed by seed (what they
+    report is the best round validated before it)."""
+    found = []
+    for method in sweep.methods:
+        where = zip(cell.seeds(method), runs_of(sweep, cell, method), strict=True)
+        runs = [(s, d) for s, r in where if (d := diverged(r, method)) is not None]
+        if runs:
+            text = "; ".join(f"seed {s}: round {d}, kept round {b}" for s, (d, b) in runs)
+            found.append(f"{sweep.label(method)} ({text})")
+    if not found:
+        return ""
+    return (
+        "- Diverged (the server model's validation loss became non-finite; the method "
+        f"uses the best round validated before it): {', '.join(found)}."
+    )
+
+
 def _against_best(sweep: Sweep, cell: Cell) -> str:
     best = best_baseline(sweep, cell)
     if best is None or not sweep.contenders:
@@ -188,9 +206,9 @@ def leaderboard_section(sweep: Sweep) -> str:
     for cell in sweep.cells:
         title = cell_title(sweep, cell)
         parts.append(f"### {title or cell.name}\n\n{_table(sweep, cell)}\n\n")
-        coverage = _coverage(sweep, cell)
-        if coverage:
-            parts.append(f"{coverage}\n\n")
+        for notes in (_coverage(sweep, cell), _diverged(sweep, cell)):
+            if notes:
+                parts.append(f"{notes}\n\n")
         against = _against_best(sweep, cell)
         if against:
             parts.append(f"{against}\n\n")

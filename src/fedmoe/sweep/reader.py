@@ -501,6 +501,19 @@ def runs_of(sweep: Sweep, cell: Cell, method: str | None = None) -> list[dict[st
     return [sweep.runs[by_seed[s]] for s in sorted(by_seed)]
 
 
+def diverged(results: dict[str, Any], method: str) -> tuple[int, int] | None:
+    """Where ``method``'s federated phase diverged: the first validated round whose
+    validation loss was not finite (``val_loss`` null while ``val_accuracy`` is not;
+    both null: no node replied) and the best round the phase kept, or ``None``."""
+    federation = lookup(results, f"methods.{method}.federation")
+    if not isinstance(federation, dict):
+        return None
+    for row in federation.get("history") or []:
+        if row.get("val_loss") is None and is_number(row.get("val_accuracy")):
+            return int(row["round"]), int(federation["best_round"])
+    return None
+
+
 def gate_means(results: dict[str, Any], method: str) -> tuple[float, float] | None:
     """The gate's mean weight on the specialist over clients, on their majority-class
     and on their other local-test samples (NaN where no client has any), from
