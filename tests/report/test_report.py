@@ -256,6 +256,18 @@ def test_p_by_opt_out_grid(tmp_path: Path) -> None:
     assert "line styles: opt_out=0.0, opt_out=0.5" in text
 
 
+def test_a_plot_an_earlier_report_wrote_and_this_one_does_not_is_removed(tmp_path: Path) -> None:
+    root = make_sweep(tmp_path / "s", {"p": ["0.2", "0.8"]}, [0])
+    write_report(root)
+    (root / "plots" / "frontier-3.png").write_bytes(PNG)
+    (root / "plots" / "notes.txt").write_text("kept: not a plot")
+    write_report(root)
+    assert {p.name for p in (root / "plots").iterdir()} == PLOTS | {
+        "accuracy_vs_p.png",
+        "notes.txt",
+    }
+
+
 def test_single_cell(tmp_path: Path) -> None:
     root = make_sweep(tmp_path / "s", {"p": ["0.8"]}, [3])
     text = check_report(root, ["p"], PLOTS)

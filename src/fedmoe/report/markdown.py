@@ -348,10 +348,18 @@ def write_report(directory: Path) -> Path:
     """Read the sweep in ``directory`` (see the module docstring), write
     ``directory/report.md`` and its PNG plots under ``directory/plots/``, and return the
     report's path. Raises :class:`ReportError` for bad input (before writing anything)
-    and :class:`~fedmoe.errors.FedmoeError` when a file cannot be written."""
+    and :class:`~fedmoe.errors.FedmoeError` when a file cannot be written. A PNG an
+    earlier report of the directory wrote and this one does not is removed."""
     sweep = read_sweep(Path(directory))
     out = sweep.directory / PLOTS_DIR
     found = write_plots(sweep, out)
+    written = {item.file for item in found if isinstance(item, Plot)}
+    for stale in out.glob("*.png"):
+        if stale.name not in written:
+            try:
+                stale.unlink()
+            except OSError as exc:
+                raise FedmoeError(f"{stale}: cannot remove ({exc.strerror or exc})") from None
     report = sweep.directory / REPORT_MD
     try:
         report.write_text(render(sweep, found), encoding="utf-8")

@@ -106,7 +106,8 @@ def _figure(panels: int, width: float, height: float, ncols: int) -> tuple[Figur
 def _save(figure: Figure, path: Path) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, format="png")
+        # "tight": a legend wider than the panels (many methods) is not cut off.
+        figure.savefig(path, format="png", bbox_inches="tight")
     except OSError as exc:
         raise FedmoeError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
     return path
