@@ -929,6 +929,15 @@ def test_a_frontier_panel_leaves_out_only_points_beyond_a_wide_gap() -> None:
     assert _far_left(points[:-1]) == [] and _far_left([]) == []
 
 
+def test_x_tick_labels_too_close_to_the_last_labelled_one_are_left_blank() -> None:
+    from fedmoe.report.plots import tick_labels
+
+    assert tick_labels([0.0, 0.01, 0.05, 0.2], log=False) == ["0", "", "0.05", "0.2"]
+    assert tick_labels([0.2, 0.5, 0.8, 0.9, 1.0], log=False) == ["0.2", "0.5", "0.8", "0.9", "1"]
+    assert tick_labels([1e-4, 1.1e-4, 1e-2], log=True) == ["0.0001", "", "0.01"]
+    assert tick_labels([3.0], log=False) == ["3"]
+
+
 def test_grid_values_over_decades_are_plotted_on_a_log_axis() -> None:
     from fedmoe.report.plots import log_axis
 

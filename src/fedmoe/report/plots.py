@@ -135,6 +135,24 @@ def log_axis(xs: Sequence[float]) -> bool:
     return len(xs) > 1 and xs[0] > 0 and xs[-1] / xs[0] > 10
 
 
+#: The least gap between labelled x ticks, as a share of the axis span.
+TICK_GAP = 0.08
+
+
+def tick_labels(xs: Sequence[float], log: bool) -> list[str]:
+    """Labels for ticks at ``xs`` (sorted): each value, but blank where it would sit
+    closer than :data:`TICK_GAP` of the axis to the last labelled tick (0 and 0.01 on
+    an axis to 0.2, say), so labels never overlap."""
+    at = [math.log(x) for x in xs] if log else list(xs)
+    span = (at[-1] - at[0]) if len(at) > 1 else 1.0
+    labels, last = [], -math.inf
+    for x, position in zip(xs, at, strict=True):
+        keep = position - last >= TICK_GAP * span
+        labels.append(f"{x:g}" if keep else "")
+        last = position if keep else last
+    return labels
+
+
 def plot_curves(
     path: Path,
     title: str,
@@ -173,7 +191,7 @@ def plot_curves(
         ax.set_title(panel_title, fontsize=11)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy (%)")
-        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.set_xticks(xs, tick_labels(xs, log))
         ax.grid(alpha=0.3)
     handles: list[Line2D] = _method_handles(methods, line=True)
     labels = list(methods.labels)
