@@ -21,7 +21,7 @@ import pytest
 from fedmoe.errors import FedmoeError
 from fedmoe.report import write_report
 from fedmoe.report.markdown import variants_table
-from fedmoe.sweep.reader import ReportError, accuracy, gate_means, read_sweep
+from fedmoe.sweep.reader import ReportError, accuracy, diverged, gate_means, read_sweep
 
 METHODS = ("fedavg", "local", "finetune", "moe")
 LABELS = {"fedavg": "FedAvg", "local": "Local", "finetune": "FT", "moe": "MoE"}
@@ -900,6 +900,9 @@ def test_a_federated_phase_that_diverged_is_named_under_its_cell(tmp_path: Path)
     board = write_report(root).read_text().split("## Leaderboard")[1].split("\n## ")[0]
     early, late = board.split("### p = 1.0")
     assert "Diverged" not in early
+    # A malformed federation entry is no divergence (and no crash).
+    for federation in ({"history": history}, {"best_round": 4, "history": [1, {"round": "x"}]}):
+        assert diverged({"methods": {"m": {"federation": federation}}}, "m") is None
     assert (
         "- Diverged (the server model's validation loss became non-finite; the method uses "
         "the best round validated before it): FedAvg (seed 1: round 14, kept round 4)."

@@ -506,9 +506,12 @@ def diverged(results: dict[str, Any], method: str) -> tuple[int, int] | None:
     validation loss was not finite (``val_loss`` null while ``val_accuracy`` is not;
     both null: no node replied) and the best round the phase kept, or ``None``."""
     federation = lookup(results, f"methods.{method}.federation")
-    if not isinstance(federation, dict):
+    if not isinstance(federation, dict) or not is_number(federation.get("best_round")):
         return None
-    for row in federation.get("history") or []:
+    history = federation.get("history")
+    for row in history if isinstance(history, list) else []:
+        if not isinstance(row, dict) or not is_number(row.get("round")):
+            continue
         if row.get("val_loss") is None and is_number(row.get("val_accuracy")):
             return int(row["round"]), int(federation["best_round"])
     return None
