@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from fedmoe.experiment import config
+from fedmoe.experiment import config, run
+from fedmoe.experiment.checkpoint import Checkpoints
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed")
@@ -133,11 +134,40 @@ def test_kill_and_resume_gives_identical_results(tmp_path: Path) -> None:
     for stage in KILLS[1:]:
         assert not (broken / "results.json").exists()
         _kill_when(_fedmoe("--resume", str(broken)), checkpoints / f"{stage}.pt")
-    assert {p.stem for p in checkpoints.glob("*.pt")} <= set(STAGES)
+    assert {p.stem for p in checkpoints.glob("*.pt")} <= {*STAGES, run.TIMING}
     final = _fedmoe("--resume", str(broken))
     assert final.wait(timeout=300) == 0, final.stderr.read()  # type: ignore[union-attr]
     assert _comparable(broken) == _comparable(whole)
+    timing = json.loads((broken / "results.json").read_text())["timing_s"]
+    assert set(timing) == {"prepare", *METHODS, "evaluate"}
     # A finished run cannot be resumed, nor overwritten by another config.
     again = _fedmoe("--resume", str(broken))
     assert again.wait(timeout=60) == 1
     assert b"finished already" in again.stderr.read()  # type: ignore[union-attr]
+
+
+def test_a_resumed_run_counts_the_time_of_the_processes_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [0.0]
+    monkeypatch.setattr(run.time, "perf_counter", lambda: now[0])
+    first = run._Timer(Checkpoints(tmp_path))
+    first.phase("fedavg").__enter__()
+    now[0] = 3.0
+    first.save()  # a checkpoint 3 s into the federated phase,
+    now[0] = 4.0  # then a kill -9: the last second is lost (and redone).
+
+    second = run._Timer(Checkpoints(tmp_path))
+    assert second.seconds == {"fedavg": 3.0}
+    with second.phase("fedavg"):
+        now[0] += 2.0
+    with second.phase("evaluate"):
+        now[0] += 1.0
+    assert second.seconds == {"fedavg": 5.0, "evaluate": 1.0}
+    # Without a checkpoint directory nothing is kept or restored.
+    alone = run._Timer(Checkpoints(None))
+    with alone.phase("prepare"):
+        now[0] += 0.5
+    alone.save()
+    assert alone.seconds == {"prepare": 0.5}
+    assert run._Timer(Checkpoints(None)).seconds == {}

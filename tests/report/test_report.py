@@ -715,7 +715,7 @@ def test_setup_sums_the_runs_timing(tmp_path: Path) -> None:
     assert run_time() == [
         "- Run time: 2.0 h over 4 run(s), 15.0-45.0 min each (wall time: the sum of the "
         "phases' `timing_s` in results.json, including any time the process was paused; "
-        "a resumed run counts only its last process); "
+        "a resumed run counts its earlier processes up to their last checkpoint); "
         "torch threads 1"
     ]
 

@@ -3,9 +3,9 @@
 A run directory's ``checkpoints/`` holds one file per finished stage: each method's
 output (``<method>``) and, for a method that federates, its federated phase
 (``<method>.federated``) and the server's progress every few rounds
-(``<method>.federated-progress``). Files are written to a temporary name and renamed,
-so a ``kill -9`` at any moment leaves either the old checkpoint or the new one, never
-half of one.
+(``<method>.federated-progress``), and the seconds of each phase so far (``timing``).
+Files are written to a temporary name and renamed, so a ``kill -9`` at any moment leaves
+either the old checkpoint or the new one, never half of one.
 """
 
 from __future__ import annotations

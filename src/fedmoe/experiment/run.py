@@ -39,16 +39,38 @@ from fedmoe.methods import registry
 from fedmoe.methods.base import Method, Output, ProgressFactory, RunSpec, federated_output
 from fedmoe.summary import majority_mask
 
+TIMING = "timing"
+
 
 class _Timer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+    """Seconds per phase, kept in the checkpoints (stage ``timing``) with every stage
+    saved, so that a resumed run's ``timing_s`` counts the processes before it too, up to
+    their last checkpoint (what a killed process did after it is redone and counted once).
+    """
+
+    def __init__(self, store: Checkpoints) -> None:
+        self.store = store
+        self.seconds: dict[str, float] = dict(store.load(TIMING) or {})
+        self._running: tuple[str, float] | None = None
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        self._running = (name, time.perf_counter())
         yield
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+        self.seconds = self.so_far()
+        self._running = None
+
+    def so_far(self) -> dict[str, float]:
+        """The seconds of every phase, the running one's so far included."""
+        seconds = dict(self.seconds)
+        if self._running is not None:
+            name, start = self._running
+            seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+        return seconds
+
+    def save(self) -> None:
+        """Keep the seconds so far with the checkpoints."""
+        self.store.save(TIMING, self.so_far())
 
 
 def _federated(
@@ -56,13 +78,13 @@ def _federated(
     method: Method,
     options: Any,
     clients: Clients,
-    store: Checkpoints,
+    timer: _Timer,
     every: int,
     on_round: Callable[[RoundRecord], None] | None,
 ) -> Output:
     """The method's federated phase, resumed from and checkpointed into ``store``."""
     assert method.federated is not None
-    name = f"{method.name}.federated"
+    store, name = timer.store, f"{method.name}.federated"
     done = store.load(name)
     if done is not None:
         return Output.from_dict(done)
@@ -72,6 +94,7 @@ def _federated(
             on_round(server.history[-1])
         if server.finished or server.next_round % every == 0:
             store.save(f"{name}-progress", progress)
+            timer.save()
 
     server, state = federate(
         run,
@@ -84,6 +107,7 @@ def _federated(
     )
     output = federated_output(server.best_params, server.summary(), state)
     store.save(name, output.to_dict())
+    timer.save()
     return output
 
 
@@ -102,7 +126,7 @@ def run_experiment(
     the first federated method as it happens (rounds restored from a checkpoint
     excepted)."""
     store = Checkpoints(checkpoints)
-    timer = _Timer()
+    timer = _Timer(store)
     mixed = mixed_precision(cfg, resolve_device(cfg.device))
     with timer.phase("prepare"):
         prep = prepare(cfg)
@@ -138,7 +162,7 @@ def run_experiment(
                         method,
                         options,
                         everyone,
-                        store,
+                        timer,
                         cfg.federated.checkpoint_every,
                         on_round if first_federated else None,
                     )
@@ -153,6 +177,7 @@ def run_experiment(
                             run, options, everyone, inputs, federated
                         )
                     store.save(name, outputs[name].to_dict())
+                    timer.save()
         with timer.phase("evaluate"), parallel.engaged(on_cpu):
             methods = {name: _evaluate(run, cfg, name, outputs, prep) for name in cfg.methods}
     return {

@@ -301,7 +301,7 @@ def _run_time(sweep: Sweep) -> list[str]:
         f"- Run time: {sum(seconds) / 3600:.1f} h over {len(seconds)} run(s), "
         f"{min(seconds) / 60:.1f}-{max(seconds) / 60:.1f} min each (wall time: the sum "
         "of the phases' `timing_s` in results.json, including any time the process was "
-        "paused; a resumed run counts only its last process); "
+        "paused; a resumed run counts its earlier processes up to their last checkpoint); "
         f"torch threads {', '.join(threads)}"
     ]
 
