@@ -381,6 +381,9 @@ def sweep_cmd(
     _set_threads(threads, _free_cores(quiet) if threads is None else None)
     with progress_bars(console, enabled=not quiet) as bars, parallel.workers(_workers(workers, 1)):
         path = run_sweep(base, axes, seeds, out, bars, log=console.print, ray=ray)
+    if path is None:  # other workers hold every run: the last of them writes the table
+        console.print("no run has finished yet: no sweep table or report written")
+        return
     console.print(f"sweep table written to {path}")
     console.print(f"report written to {write_report(out)}")
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from fedmoe.errors import ConfigError
+from fedmoe.experiment import config as cfgmod
 from fedmoe.experiment import rundir
 from fedmoe.sweep import runner as sweep
 from fedmoe.sweep.runner import parse_axis, run_sweep
@@ -128,10 +129,28 @@ def test_workers_sharing_a_sweep_skip_the_runs_another_holds(tmp_path: Path) -> 
     assert any("p=1.0 seed 0: another worker is running it, skipped" in x for x in logs)
     assert any("1 run(s) still running in other workers" in x for x in logs)
     assert {r["p"] for r in csv.DictReader(path.open())} == {"0.5"}
+    assert path is not None
     logs.clear()
     run_sweep(base, axes, 1, tmp_path, log=logs.append)
     assert sum("skipped" in x for x in logs) == 1
     assert {r["p"] for r in csv.DictReader(path.open())} == {"0.5", "1.0"}
+
+
+def test_a_worker_that_finds_every_run_held_elsewhere_ends_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedmoe.cli import main
+
+    # The second worker of a one-run sweep: nothing to do, nothing finished to tabulate,
+    # and no error (a queue of sweeps under `set -e` goes on to its next sweep).
+    cfg_file = tmp_path / "tiny.toml"
+    cfg_file.write_text(cfgmod.dumps_toml(TINY))
+    out = tmp_path / "sweep"
+    with rundir.claim(out / "runs" / "p=0.5-s0"):
+        assert run_sweep(TINY, [parse_axis("p=0.5")], 1, out, log=lambda _: None) is None
+        main(["sweep", "--config", str(cfg_file), "--grid", "p=0.5", "--out", str(out), "--quiet"])
+    assert "no run has finished yet" in capsys.readouterr().out
+    assert not (out / "sweep.csv").exists()
 
 
 def _cli_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:

@@ -91,10 +91,11 @@ def run_sweep(
     progress: ProgressFactory | None = None,
     log: Callable[[str], None] = print,
     ray: str | None = None,
-) -> Path:
+) -> Path | None:
     """Run every cell of the grid for ``seeds`` seeds (``base`` seed + 0, 1, ...; every
     cell for one seed before the next seed), skip finished runs, resume interrupted ones,
-    skip those another process is running, and write ``out/sweep.csv``. Every cell's
+    skip those another process is running, and write ``out/sweep.csv`` (``None``, and no
+    table, while no run has finished: other workers hold every one). Every cell's
     config is validated before the first run starts. With ``ray`` (``"local"`` or a Ray
     cluster's address), each run is a Ray task of one CPU (:mod:`fedmoe.sweep.cluster`)."""
     if seeds < 1:
@@ -141,6 +142,8 @@ def run_sweep(
             f"{len(unfinished)} run(s) still running in other workers; sweep.csv and the "
             "report will be complete when the last worker ends"
         )
+    if not any(rundir.is_finished(d) for _, d in table):
+        return None
     return write_csv(out, axes, table)
 
 
