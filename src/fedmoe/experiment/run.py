@@ -82,7 +82,7 @@ def _federated(
     every: int,
     on_round: Callable[[RoundRecord], None] | None,
 ) -> Output:
-    """The method's federated phase, resumed from and checkpointed into ``store``."""
+    """The method's federated phase, resumed from and checkpointed into ``timer.store``."""
     assert method.federated is not None
     store, name = timer.store, f"{method.name}.federated"
     done = store.load(name)
