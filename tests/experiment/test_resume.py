@@ -154,11 +154,12 @@ def test_a_resumed_run_counts_the_time_of_the_processes_before_it(
     first = run._Timer(Checkpoints(tmp_path))
     first.phase("fedavg").__enter__()
     now[0] = 3.0
-    first.save()  # a checkpoint 3 s into the federated phase,
+    first.checkpoint("fedavg.federated-progress", {"round": 30})  # 3 s into the phase,
     now[0] = 4.0  # then a kill -9: the last second is lost (and redone).
 
     second = run._Timer(Checkpoints(tmp_path))
     assert second.seconds == {"fedavg": 3.0}
+    assert second.store.load("fedavg.federated-progress") == {"round": 30}
     with second.phase("fedavg"):
         now[0] += 2.0
     with second.phase("evaluate"):
@@ -168,6 +169,6 @@ def test_a_resumed_run_counts_the_time_of_the_processes_before_it(
     alone = run._Timer(Checkpoints(None))
     with alone.phase("prepare"):
         now[0] += 0.5
-    alone.save()
+    alone.checkpoint("prepare", {})
     assert alone.seconds == {"prepare": 0.5}
     assert run._Timer(Checkpoints(None)).seconds == {}

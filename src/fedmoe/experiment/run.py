@@ -68,8 +68,9 @@ class _Timer:
             seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - start, 3)
         return seconds
 
-    def save(self) -> None:
-        """Keep the seconds so far with the checkpoints."""
+    def checkpoint(self, stage: str, state: Any) -> None:
+        """Save ``state`` as ``stage`` and the seconds so far with it."""
+        self.store.save(stage, state)
         self.store.save(TIMING, self.so_far())
 
 
@@ -93,8 +94,7 @@ def _federated(
         if on_round is not None:
             on_round(server.history[-1])
         if server.finished or server.next_round % every == 0:
-            store.save(f"{name}-progress", progress)
-            timer.save()
+            timer.checkpoint(f"{name}-progress", progress)
 
     server, state = federate(
         run,
@@ -106,8 +106,7 @@ def _federated(
         checkpoint,
     )
     output = federated_output(server.best_params, server.summary(), state)
-    store.save(name, output.to_dict())
-    timer.save()
+    timer.checkpoint(name, output.to_dict())
     return output
 
 
@@ -176,8 +175,7 @@ def run_experiment(
                         outputs[name] = method.personalise(
                             run, options, everyone, inputs, federated
                         )
-                    store.save(name, outputs[name].to_dict())
-                    timer.save()
+                    timer.checkpoint(name, outputs[name].to_dict())
         with timer.phase("evaluate"), parallel.engaged(on_cpu):
             methods = {name: _evaluate(run, cfg, name, outputs, prep) for name in cfg.methods}
     return {
