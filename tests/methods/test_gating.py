@@ -29,7 +29,7 @@ from fedmoe.methods.gating import (
     log_prior_ratio,
     scaled,
 )
-from fedmoe.methods.moe_ifca import MoeIfca, MoeIfcaOptions, most_confident
+from fedmoe.methods.moe_ifca import MoeIfca
 from fedmoe.methods.moe_plus import MoePlus, MoePlusOptions
 from fedmoe.methods.moe_plus_fedbabu import MoePlusFedBabu
 from fedmoe.methods.params import prefixed, rows
@@ -244,57 +244,6 @@ def test_gate_over_cluster_models_routes_each_domain_to_its_expert() -> None:
     assert float(gates[first].mean()) > 0.9 > 0.1 > float(gates[~first].mean())
 
 
-def _two_groups(k: int, n: int, seed: int, mixed: bool) -> Experts:
-    """Two groups of inputs (one-hot in features 0-1), client ``c`` in group ``c mod 2``
-    (``mixed``: each input in either): cluster model ``d`` is confidently right on group
-    ``d`` and mildly wrong on the other; specialist and global expert are mildly wrong."""
-    g = torch.Generator().manual_seed(seed)
-    own = (torch.arange(k) % 2).unsqueeze(1).expand(k, n)
-    group = torch.randint(0, 2, (k, n), generator=g) if mixed else own
-    y = torch.randint(0, 3, (k, n), generator=g)
-    feats = torch.randn(k, n, 4, generator=g) * 0.1
-    feats[..., :2] += 3.0 * torch.nn.functional.one_hot(group, 2).float()
-    right = torch.nn.functional.one_hot(y, 3).float()
-    wrong = torch.nn.functional.one_hot((y + 1) % 3, 3).float()
-    weak = torch.log_softmax(wrong, -1)
-    clusters = [torch.where((group == d).unsqueeze(-1), 4.0 * right, wrong) for d in (0, 1)]
-    log_pc = torch.log_softmax(torch.stack(clusters, 2), -1)
-    return Experts(feats, weak, weak, y, torch.full((k,), n), log_pc)
-
-
-def test_confident_clusters_hand_another_groups_inputs_to_its_cluster_model() -> None:
-    k = 2
-    train, val = _two_groups(k, 90, 0, False), _two_groups(k, 60, 1, False)
-    test = _two_groups(k, 300, 2, True)
-    merged = most_confident(test)
-    assert merged.log_pc is not None and test.log_pc is not None
-    assert merged.log_pc.shape == (k, 300, 1, 3)
-    group = test.gate_in[..., 1] > 1.5
-    torch.testing.assert_close(merged.log_pc[..., 0, :][group], test.log_pc[:, :, 1][group])
-    torch.testing.assert_close(merged.log_pc[..., 0, :][~group], test.log_pc[:, :, 0][~group])
-    cfg = TrainConfig(80, 10, OptimizerConfig("adam", lr=1e-2), EarlyStopping(5, 4, 0.0))
-    accuracy = {}
-    for confident in (False, True):
-        pick = most_confident if confident else (lambda e: e)
-        clusters = 1 if confident else 2
-        fit = fit_gate(
-            build_network("mlp", (4,), 3),
-            build_network("mlp", (4,), 3, gate=True, dropout=0.0, gate_outputs=1 + clusters),
-            pick(train),
-            pick(val),
-            torch.zeros(k, 3, dtype=torch.float64),
-            GateConfig(data="train", calibrate=False, prior=False, adjust=False),
-            cfg,
-            torch.arange(k),
-            seed=0,
-        )
-        accuracy[confident] = evaluate_gate(fit, pick(test))[0].accuracy
-    # Each client's own inputs teach its gate to trust its own cluster model: with a
-    # weight per cluster model it is wrong on the other group's half of the test set.
-    assert float(accuracy[False].max()) < 0.65
-    assert float(accuracy[True].min()) > 0.95
-
-
 def test_mixture_weights_over_cluster_models_are_a_softmax_with_the_global_at_zero() -> None:
     mix = GateMixture(build_network("mlp", (2,), 3, gate=True, gate_outputs=3), 3, clusters=2)
     logits = torch.tensor([[[1.0, -1.0, 0.5]]], dtype=torch.float64)
@@ -422,7 +371,7 @@ def test_moe_plus_fedbabu_is_moe_plus_over_fedbabus_personal_models() -> None:
 def test_moe_ifca_gate_over_cluster_models_round_trips_through_its_state() -> None:
     run, clients, inputs, test = _gate_setup()
     method = MoeIfca()
-    options = MoeIfcaOptions(lr=1e-2)
+    options = fg.GateOptions(lr=1e-2)
     own = method.personalise(run, options, clients, inputs, None)
     assert own.state["gate.t_clusters"].shape == (4, 2)
     torch.testing.assert_close(own.state[fg.SEEN], label_counts(clients.train, 3) > 0)
@@ -446,17 +395,8 @@ def test_moe_ifca_gate_over_cluster_models_round_trips_through_its_state() -> No
     torch.testing.assert_close(ev.gate.g, direct.gate.g)
     # The fallback rule reads the clients' seen classes from the state (every class is
     # seen here: all the rule can do is leave the mixture as it is).
-    ruled = MoeIfcaOptions(lr=1e-2, fallback=0.9)
+    ruled = fg.GateOptions(lr=1e-2, fallback=0.9)
     torch.testing.assert_close(method.evaluate(run, ruled, own, inputs, test).accuracy, ev.accuracy)
-    # With the cluster models as one expert the gate has one weight for them.
-    confident = MoeIfcaOptions(lr=1e-2, clusters="confident")
-    one = method.personalise(run, confident, clients, inputs, None)
-    assert one.state["gate.t_clusters"].shape == (4, 1)
-    merged = fg.fit(run, confident.gate(), 1e-2, clients, *map(most_confident, experts[:2]), "fit")
-    torch.testing.assert_close(
-        method.evaluate(run, confident, one, inputs, test).accuracy,
-        fg.evaluated(merged, most_confident(experts[2])).accuracy,
-    )
 
 
 def test_gate_options_reject_a_fallback_outside_0_to_1() -> None:

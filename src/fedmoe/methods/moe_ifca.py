@@ -1,16 +1,11 @@
 """MoE+ IFCA: the MoE+ gate (its options as ``moe-plus``'s) over the client's
 fine-tuned specialist, the global model and IFCA's cluster models, one softmax weight
-per expert (see :mod:`fedmoe.methods.gating`); or, with ``clusters = "confident"``,
-the cluster models as one expert that predicts each input with the cluster model most
-confident in its top class."""
+per expert (see :mod:`fedmoe.methods.gating`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import Any, Literal
-
-import torch
+from typing import Any
 
 from fedmoe.engine import ClientData
 from fedmoe.federation import Clients
@@ -25,36 +20,12 @@ from fedmoe.methods.personal import personal_model
 
 GATE = "gate"
 
-Clusters = Literal["each", "confident"]
-
-
-@dataclass(frozen=True)
-class MoeIfcaOptions(fg.GateOptions):
-    """The MoE+ gate's options and how it sees the ``clusters``: ``"each"``, a gate
-    weight per cluster model; ``"confident"``, one weight for the cluster model most
-    confident in its top class on each input. The gate is fitted on the client's own
-    inputs, where its own cluster model is right, so it cannot learn to hand an input
-    from another group's distribution (another rotation, say) to that group's cluster
-    model; ``"confident"`` does so by construction."""
-
-    clusters: Clusters = "each"
-
-
-def most_confident(experts: Experts) -> Experts:
-    """``experts`` with its cluster models merged into one: per input, the log-
-    probabilities of the cluster model whose top class is the most probable."""
-    log_pc = experts.log_pc
-    assert log_pc is not None
-    pick = log_pc.amax(-1).argmax(-1)  # (K|1, N)
-    index = pick[..., None, None].expand(*pick.shape, 1, log_pc.shape[-1])
-    return replace(experts, log_pc=torch.gather(log_pc, 2, index))
-
 
 class MoeIfca(Method):
     name = "moe-ifca"
     label = "MoE+ IFCA"
     description = "the MoE+ gate over the specialist, the global model and the cluster models"
-    options = MoeIfcaOptions
+    options = fg.GateOptions
     needs = (FedAvg.name, FineTune.name, Ifca.name)
     baselines = MIXTURE_BASELINES
     contender = True
@@ -73,8 +44,7 @@ class MoeIfca(Method):
             global_model(inputs[Ifca.name]),
             {options.inputs},
         )
-        chosen = experts[options.inputs]
-        return most_confident(chosen) if options.clusters == "confident" else chosen
+        return experts[options.inputs]
 
     def personalise(
         self,
