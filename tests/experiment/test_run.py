@@ -107,14 +107,13 @@ def _compare(new: dict[str, Any], old: dict[str, Any], exact: bool) -> None:
     for name, entry in new["methods"].items():
         before = dict(old["methods"][name])
         # The fixtures predate the validation scores, `contender` and the gate's
-        # `fallback` and `novelty` rules (off); they must be there now.
+        # `fallback` rule (off); they must be there now.
         after = dict(entry)
         assert after.pop("val")["per_client"], name
         assert after.pop("contender") is (name.startswith("moe")), name
         for variant in after.get("variants", {}).values():
             assert variant.pop("val")["per_client"], name
             assert variant["options"].pop("fallback") == 0.0, name
-            assert variant["options"].pop("novelty") == 0.0, name
         if "federation" in before and not before["federation"]["history"]:
             # Format 1 kept no history for IFCA's cluster models.
             after["federation"] = dict(after["federation"], history=[])

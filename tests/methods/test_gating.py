@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,6 @@ from fedmoe.methods.gating import (
     image_inputs,
     label_counts,
     log_prior_ratio,
-    nearest_distance,
     scaled,
 )
 from fedmoe.methods.moe_ifca import MoeIfca
@@ -70,10 +68,9 @@ def test_ablations_switch_each_option_once_and_all_together() -> None:
     every = GateConfig("image", "train", False, False, False)
     assert every in variants.values()
     # The fallback rule is not an option the ablation switches: every variant keeps it.
-    kept = GateConfig(fallback=0.1, novelty=0.05).ablations()
+    kept = GateConfig(fallback=0.1).ablations()
     assert {c.fallback for c in kept.values()} == {0.1}
-    assert {c.novelty for c in kept.values()} == {0.05}
-    assert "fallback 0.1, novelty 0.05" in GateConfig(fallback=0.1, novelty=0.05).label
+    assert "fallback 0.1" in GateConfig(fallback=0.1).label
     for other in variants.values():
         if other not in (best, every):
             differences = [
@@ -202,65 +199,6 @@ def test_fallback_hands_inputs_of_unseen_classes_to_the_global_expert() -> None:
     torch.testing.assert_close(plain.accuracy, (~other).double().mean(1))
     assert float(ruled.accuracy.min()) == 1.0
     assert float(gates[other].max()) == 0.0 and float(gates[~other].min()) > 0.99
-
-
-def test_nearest_distance_is_to_the_clients_own_closest_reference_row() -> None:
-    reference = torch.tensor(
-        [[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 0.0]]], dtype=torch.float64
-    )
-    x = torch.tensor([[[2.0, 0.0], [0.0, -1.0]]], dtype=torch.float64)
-    # Client 1's second row is padding (zero): never the nearest.
-    torch.testing.assert_close(
-        nearest_distance(reference, x), torch.tensor([[0.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
-    )
-
-
-def _two_domains(k: int, n: int, seed: int, mixed: bool) -> Experts:
-    """Two domains (one-hot in features 0-1); every client's own inputs are in domain
-    0 (``mixed``: each input in either). The specialist is right on domain 0 and
-    confidently wrong on domain 1; the global expert is right on both, less sure."""
-    g = torch.Generator().manual_seed(seed)
-    domain = torch.randint(0, 2, (k, n), generator=g) if mixed else torch.zeros(k, n).long()
-    y = torch.randint(0, 3, (k, n), generator=g)
-    feats = torch.randn(k, n, 4, generator=g) * 0.1
-    feats[..., :2] += 3.0 * torch.nn.functional.one_hot(domain, 2).float()
-    right = torch.nn.functional.one_hot(y, 3).float()
-    wrong = torch.nn.functional.one_hot((y + 1) % 3, 3).float()
-    log_ps = torch.log_softmax(4.0 * torch.where((domain == 0).unsqueeze(-1), right, wrong), -1)
-    return Experts(feats, log_ps, torch.log_softmax(right, -1), y, torch.full((k,), n))
-
-
-def test_novelty_hands_inputs_unlike_the_clients_own_to_the_global_expert() -> None:
-    k = 2
-    train, val = _two_domains(k, 90, 0, False), _two_domains(k, 100, 1, False)
-    test = _two_domains(k, 400, 2, True)
-    cfg = TrainConfig(40, 10, OptimizerConfig("adam", lr=1e-2), EarlyStopping(5, 4, 0.0))
-    results = {}
-    for novelty in (0.0, 0.05):
-        config = GateConfig(data="train", calibrate=False, prior=False, adjust=False)
-        fit = fit_gate(
-            build_network("mlp", (4,), 3),
-            build_network("mlp", (4,), 3, gate=True, dropout=0.0),
-            train,
-            val,
-            torch.zeros(k, 3, dtype=torch.float64),
-            replace(config, novelty=novelty),
-            cfg,
-            torch.arange(k),
-            seed=0,
-        )
-        results[novelty] = evaluate_gate(fit, test)
-    other = test.gate_in[..., 1] > 1.5
-    # The gate trusts the specialist, right on every input the client trains on.
-    plain, gates = results[0.0]
-    assert float(plain.accuracy.max()) < 0.7 and float(gates[other].min()) > 0.9
-    # With the rule, the other domain goes to the global expert, and about 5% of the
-    # client's own inputs with it (the global expert is right on those too).
-    ruled, gates = results[0.05]
-    assert float(ruled.accuracy.min()) > 0.99
-    assert float(gates[other].max()) == 0.0
-    handed = (gates[~other] == 0).double().mean()
-    assert 0.0 < float(handed) < 0.15
 
 
 def _three_domains(k: int, n: int, seed: int) -> Experts:
@@ -459,21 +397,9 @@ def test_moe_ifca_gate_over_cluster_models_round_trips_through_its_state() -> No
     # seen here: all the rule can do is leave the mixture as it is).
     ruled = fg.GateOptions(lr=1e-2, fallback=0.9)
     torch.testing.assert_close(method.evaluate(run, ruled, own, inputs, test).accuracy, ev.accuracy)
-    # The novelty rule's reference and thresholds are kept with the gate and restored.
-    novel = fg.GateOptions(lr=1e-2, novelty=0.1)
-    kept = method.personalise(run, novel, clients, inputs, None)
-    assert kept.state["gate.reference"].shape[:2] == (4, clients.train.capacity)
-    assert kept.state["gate.threshold"].shape == (4,)
-    fit = fg.fit(run, novel.gate(), novel.lr, clients, experts[0], experts[1], "fit")
-    torch.testing.assert_close(
-        method.evaluate(run, novel, kept, inputs, test).accuracy,
-        fg.evaluated(fit, experts[2]).accuracy,
-    )
 
 
-def test_gate_options_reject_a_fallback_or_novelty_outside_0_to_1() -> None:
-    fg.GateOptions(fallback=0.0, novelty=0.5).validate("method.moe-plus")
+def test_gate_options_reject_a_fallback_outside_0_to_1() -> None:
+    fg.GateOptions(fallback=0.0).validate("method.moe-plus")
     with pytest.raises(ConfigError, match=r"method.moe-plus.fallback must be in \[0, 1\)"):
         fg.GateOptions(fallback=1.0).validate("method.moe-plus")
-    with pytest.raises(ConfigError, match=r"method.moe-plus.novelty must be in \[0, 1\)"):
-        fg.GateOptions(novelty=-0.1).validate("method.moe-plus")

@@ -39,8 +39,7 @@ RATIO, SEEN = "ratio", "seen"
 class GateOptions:
     """How the gate is fitted (see :mod:`fedmoe.methods.gating`): ``inputs``, ``data``,
     ``calibrate``, ``prior``, ``adjust``, its learning rate ``lr`` (the other training
-    settings are ``[personalise]``'s) and the ``fallback`` and ``novelty`` rules (0:
-    off)."""
+    settings are ``[personalise]``'s) and the ``fallback`` rule (0: off)."""
 
     inputs: GateInputs = "features"
     data: GateData = "heldout"
@@ -49,25 +48,16 @@ class GateOptions:
     adjust: bool = True
     lr: float = 1e-3
     fallback: float = 0.0
-    novelty: float = 0.0
 
     def validate(self, where: str) -> None:
         if self.lr <= 0:
             raise ConfigError(f"{where}.lr must be positive, got {self.lr}")
-        for name in ("fallback", "novelty"):
-            value = getattr(self, name)
-            if not 0 <= value < 1:
-                raise ConfigError(f"{where}.{name} must be in [0, 1), got {value}")
+        if not 0 <= self.fallback < 1:
+            raise ConfigError(f"{where}.fallback must be in [0, 1), got {self.fallback}")
 
     def gate(self) -> GateConfig:
         return GateConfig(
-            self.inputs,
-            self.data,
-            self.calibrate,
-            self.prior,
-            self.adjust,
-            self.fallback,
-            self.novelty,
+            self.inputs, self.data, self.calibrate, self.prior, self.adjust, self.fallback
         )
 
 
@@ -152,10 +142,6 @@ def gate_state(fit: FittedGate, prefix: str) -> State:
     state[f"{prefix}.t_global"] = fit.t_global
     if fit.t_clusters is not None:
         state[f"{prefix}.t_clusters"] = fit.t_clusters
-    if fit.reference is not None and fit.threshold is not None:
-        # The novelty rule's reference: the gate's own inputs, so kept per gate.
-        state[f"{prefix}.reference"] = fit.reference
-        state[f"{prefix}.threshold"] = fit.threshold
     return state
 
 
@@ -176,8 +162,6 @@ def restored(
         ones,
         state.get(f"{prefix}.t_clusters"),
         state.get(SEEN),
-        state.get(f"{prefix}.reference"),
-        state.get(f"{prefix}.threshold"),
     )
 
 

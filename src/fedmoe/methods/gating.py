@@ -29,12 +29,6 @@ A rule for clients that will meet classes they never trained on (off by default)
   prediction is the global expert's alone (the specialist's weight is 0). The gate is
   fitted as before; the rule overrides it at prediction. The client's own data shows
   its gate no input of another class, so a gate fitted on it cannot learn this.
-- ``novelty``: the same for inputs unlike any the client trained on (another domain,
-  such as another group's rotation): an input whose gate input (the global expert's
-  features) is further, in cosine distance, from its nearest neighbour among the
-  client's training inputs than the ``1 - novelty`` quantile of the client's own
-  validation inputs' distances goes to the global expert alone. About ``novelty`` of
-  the client's own inputs are handed over too (its price).
 
 Both experts are frozen (the specialist is the client's fine-tuned model), so their
 outputs are computed once per split and the gate trains on rows
@@ -84,7 +78,6 @@ class GateConfig:
     prior: bool = True
     adjust: bool = True
     fallback: float = 0.0
-    novelty: float = 0.0
 
     @property
     def label(self) -> str:
@@ -96,7 +89,6 @@ class GateConfig:
         parts += ["prior"] if self.prior else []
         parts += ["adjusted global"] if self.adjust else []
         parts += [f"fallback {self.fallback:g}"] if self.fallback else []
-        parts += [f"novelty {self.novelty:g}"] if self.novelty else []
         return ", ".join(parts)
 
     def ablations(self) -> dict[str, GateConfig]:
@@ -293,39 +285,6 @@ class FittedGate:
     #: ``(K, M)`` temperatures of the cluster models, if any.
     t_clusters: torch.Tensor | None = None
     seen: torch.Tensor | None = None
-    #: What ``novelty`` needs: the clients' training gate inputs, unit length, zero
-    #: where padding ``(K, N, P)``, and their distance thresholds ``(K,)``.
-    reference: torch.Tensor | None = None
-    threshold: torch.Tensor | None = None
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(x, dim=-1)
-
-
-def nearest_distance(reference: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The cosine distance ``(K, N)`` from each row of ``x`` ``(K|1, N, P)`` to its
-    nearest row of the client's ``reference`` ``(K, R, P)`` (unit rows, zero rows
-    never nearest)."""
-    sim = torch.einsum("knp,krp->knr", _unit(x).expand(reference.shape[0], -1, -1), reference)
-    pad = reference.abs().sum(-1) == 0
-    return 1 - sim.masked_fill(pad.unsqueeze(1), -2.0).amax(-1)
-
-
-def novelty_reference(
-    train: Experts, val: Experts, novelty: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``novelty`` rule's reference (the clients' unit training gate inputs) and
-    per-client thresholds: the ``1 - novelty`` quantile of the validation inputs'
-    :func:`nearest_distance`."""
-    reference = _unit(train.gate_in.expand(train.num_clients, -1, -1))
-    reference = reference * train.valid().unsqueeze(-1).to(reference.dtype)
-    dist = nearest_distance(reference, val.gate_in)
-    valid = val.valid()
-    threshold = torch.stack(
-        [torch.quantile(dist[k][valid[k]].double(), 1 - novelty) for k in range(dist.shape[0])]
-    )
-    return reference, threshold
 
 
 def _rows(fit: FittedGate, ex: Experts, start: int, stop: int) -> torch.Tensor:
@@ -393,9 +352,6 @@ def fit_gate(
     objective = GateMixture(gate_net, net.num_outputs, m)
     ratio = log_prior_ratio(counts)
     fit = FittedGate(config, objective, params, t_s, t_g, ratio, ones, ones, t_c, counts > 0)
-    if config.novelty:
-        reference, threshold = novelty_reference(train_experts, val_experts, config.novelty)
-        fit = replace(fit, reference=reference, threshold=threshold)
     zero = torch.zeros_like(val_experts.n)
     if config.data == "heldout":
         half = val_experts.n // 2
@@ -420,22 +376,14 @@ def _fall_back(
     fit: FittedGate, ex: Experts, start: int, stop: int, log_probs: torch.Tensor, g: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The mixture's log-probabilities and specialist weights on positions
-    ``[start, stop)`` with the ``fallback`` and ``novelty`` rules applied (see the
-    module docstring)."""
-    if not fit.config.fallback and not fit.config.novelty:
+    ``[start, stop)`` with the ``fallback`` rule applied (see the module docstring)."""
+    if not fit.config.fallback:
         return log_probs, g
+    if fit.seen is None:
+        raise ValueError("fallback needs the classes each client has seen (FittedGate.seen)")
     log_pg = scaled(ex.log_pg[:, start:stop], fit.t_global).expand_as(log_probs)
-    out = torch.zeros_like(g, dtype=torch.bool)
-    if fit.config.fallback:
-        if fit.seen is None:
-            raise ValueError("fallback needs the classes each client has seen (FittedGate.seen)")
-        mass = (log_pg.exp() * fit.seen.unsqueeze(1).to(log_pg.dtype)).sum(-1)
-        out |= mass < fit.config.fallback
-    if fit.config.novelty:
-        if fit.reference is None or fit.threshold is None:
-            raise ValueError("novelty needs the clients' reference inputs (FittedGate.reference)")
-        dist = nearest_distance(fit.reference, ex.gate_in[:, start:stop])
-        out |= dist > fit.threshold.unsqueeze(1).to(dist.dtype)
+    mass = (log_pg.exp() * fit.seen.unsqueeze(1).to(log_pg.dtype)).sum(-1)
+    out = mass < fit.config.fallback
     return torch.where(out.unsqueeze(-1), log_pg, log_probs), torch.where(out, 0.0, g)
 
 
