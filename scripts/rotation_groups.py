@@ -18,10 +18,16 @@ from typing import Any
 
 import numpy as np
 
+from fedmoe.experiment.rotation import turns
+
+
+def _array(values: list[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
 
 def _groups(values: list[float | None], rotations: int) -> list[float]:
     """The mean of ``values`` (one per client) over each group's clients."""
-    x = np.array([np.nan if v is None else v for v in values], dtype=float)
+    x = _array(values)
     return [float(np.nanmean(x[g::rotations])) for g in range(rotations)]
 
 
@@ -35,8 +41,7 @@ def _row(name: str, method: dict[str, Any], rotations: int) -> str:
     weights = "-"
     if gate is not None:
         weights = " / ".join(
-            f"{np.nanmean(_groups(gate[s]['all'], rotations)):.2f}"
-            for s in ("local_test", "global_test")
+            f"{np.nanmean(_array(gate[s]['all'])):.2f}" for s in ("local_test", "global_test")
         )
     clusters = "-"
     details = method.get("details") or {}
@@ -71,7 +76,7 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"{path}: no method {', '.join(unknown)} (has {', '.join(methods)})", file=sys.stderr)
         return 1
-    degrees = [g * 360 // rotations for g in range(rotations)]
+    degrees = [90 * turns(g, rotations) for g in range(rotations)]
     head = [f"local {d}°" for d in degrees] + [f"global, clients of {d}°" for d in degrees]
     print(
         "| method | "

@@ -126,10 +126,10 @@ def test_workers_sharing_a_sweep_skip_the_runs_another_holds(tmp_path: Path) -> 
     logs: list[str] = []
     with rundir.claim(tmp_path / "runs" / "p=1.0-s0"):
         path = run_sweep(base, axes, 1, tmp_path, log=logs.append)
+    assert path is not None
     assert any("p=1.0 seed 0: another worker is running it, skipped" in x for x in logs)
     assert any("1 run(s) still running in other workers" in x for x in logs)
     assert {r["p"] for r in csv.DictReader(path.open())} == {"0.5"}
-    assert path is not None
     logs.clear()
     run_sweep(base, axes, 1, tmp_path, log=logs.append)
     assert sum("skipped" in x for x in logs) == 1
