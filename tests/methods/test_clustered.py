@@ -14,7 +14,18 @@ from fedmoe.experiment.prepare import run_spec
 from fedmoe.federation import Clients, FederationServer, Update, num_models
 from fedmoe.methods.base import Method, Output, RunSpec, federated_output, global_model
 from fedmoe.methods.fedavg import FedAvg
-from fedmoe.methods.ifca import CHOICE, Ifca, IfcaOptions, IfcaRounds, best_models
+from fedmoe.methods.ifca import (
+    CHOICE,
+    ROUTED,
+    ROUTER,
+    Ifca,
+    IfcaOptions,
+    IfcaRounds,
+    best_models,
+    cluster_models,
+    router_params,
+)
+from fedmoe.methods.params import unprefixed
 from fedmoe.models import build_network
 
 
@@ -134,3 +145,82 @@ def test_early_stopping_keeps_every_model_of_the_best_round() -> None:
     own = ifca.personalise(run, options, clients, {}, fed)
     assert own.state[CHOICE].shape == (4,)
     assert own.info == fed.info
+
+
+def _two_domains(clients: int, per_client: int) -> tuple[ClientData, ClientData, ClientData]:
+    """Like :func:`_two_tasks`, but the groups' inputs differ too (the second feature is
+    near +2 in one group, near -2 in the other): a router can tell them apart. Returns
+    the clients' training and validation data and a test set of both groups' inputs."""
+    g = torch.Generator().manual_seed(1)
+    n = clients * per_client * 2
+    x = torch.randn(n + 400, 1, 4, generator=g)
+    owner = torch.cat([torch.arange(n) // (2 * per_client), torch.arange(400)])
+    flipped = owner % 2 == 1
+    x[:, 0, 1] = torch.where(flipped, -2.0, 2.0) + 0.3 * x[:, 0, 1]
+    y = ((x[:, 0, 0] > 0) ^ flipped).long()
+    idx = np.arange(n).reshape(clients, 2, per_client)
+    train = ClientData.from_indices(x, y, [i[0] for i in idx])
+    val = ClientData.from_indices(x, y, [i[1] for i in idx])
+    test = ClientData.common(x[n:], y[n:], clients)
+    return train, val, test
+
+
+def test_the_router_serves_every_group_and_leaves_the_cluster_models_unchanged() -> None:
+    train, val, test = _two_domains(clients=8, per_client=40)
+    run = _run(
+        {
+            "rounds": 30,
+            "clients_per_round": 4,
+            "local_epochs": 2,
+            "batch_size": 10,
+            "lr": 1e-2,
+            "early_stopping": False,
+        }
+    )
+    clients = Clients(torch.arange(8), train, val, torch.zeros(8, dtype=torch.bool))
+    ifca = Ifca()
+    plain, routed = IfcaOptions(models=2), IfcaOptions(models=2, router=True)
+    _, plain_out = _federated(run, ifca, plain, clients)
+    _, out = _federated(run, ifca, routed, clients)
+    models = global_model(out)
+    # The router's own random streams leave the cluster models as they were.
+    assert cluster_models(models).keys() == global_model(plain_out).keys()
+    for name, p in global_model(plain_out).items():
+        torch.testing.assert_close(models[name], p, rtol=0, atol=0)
+    router = router_params(models)
+    assert router is not None and router_params(global_model(plain_out)) is None
+    for p in unprefixed(models, ROUTER).values():
+        assert p.shape[0] == 2 and torch.equal(p[0], p[1])
+
+    own = ifca.personalise(run, routed, clients, {}, out)
+    local = ifca.evaluate(run, routed, own, {}, val)
+    pooled = ifca.evaluate(run, routed, own, {}, test)
+    # As configured: each client's best cluster model, right on its own group only.
+    assert float(local.accuracy.mean()) > 0.9
+    assert float(pooled.accuracy.mean()) < 0.7
+    assert list(pooled.variants) == ["best model per client (2 models)", ROUTED]
+    torch.testing.assert_close(
+        pooled.variants["best model per client (2 models)"].accuracy, pooled.accuracy
+    )
+    # The routed mixture is right on both groups' inputs.
+    assert float(pooled.variants[ROUTED].accuracy.mean()) > 0.9
+    assert float(local.variants[ROUTED].accuracy.mean()) > 0.9
+    assert ifca.details(routed, {}, ROUTED) == {}
+    # Without a router, IFCA has no variants.
+    assert (
+        ifca.evaluate(
+            run, plain, ifca.personalise(run, plain, clients, {}, plain_out), {}, test
+        ).variants
+        == {}
+    )
+
+
+def test_the_router_is_the_mean_of_every_sampled_clients_router_in_every_row() -> None:
+    server = {"w": torch.tensor([[0.0], [10.0]]), "router.v": torch.tensor([[1.0], [1.0]])}
+    update = Update(
+        {"w": torch.tensor([[1.0], [3.0], [5.0]]), "router.v": torch.tensor([[2.0], [4.0], [8.0]])},
+        choice=torch.tensor([0, 0, 0]),
+    )
+    new = IfcaRounds().aggregate(server, update, torch.tensor([1, 1, 2]))
+    torch.testing.assert_close(new["w"], torch.tensor([[(1.0 + 3.0 + 10.0) / 4], [10.0]]))
+    torch.testing.assert_close(new["router.v"], torch.tensor([[5.5], [5.5]]))

@@ -29,7 +29,8 @@ from fedmoe.methods.gating import (
     log_prior_ratio,
     scaled,
 )
-from fedmoe.methods.moe_ifca import MoeIfca
+from fedmoe.methods.ifca import ROUTER, cluster_experts
+from fedmoe.methods.moe_ifca import MoeIfca, MoeIfcaOptions
 from fedmoe.methods.moe_plus import MoePlus, MoePlusOptions
 from fedmoe.methods.moe_plus_fedbabu import MoePlusFedBabu
 from fedmoe.methods.params import prefixed, rows
@@ -260,11 +261,15 @@ def test_cached_cluster_experts_are_each_models_outputs() -> None:
     y = torch.randint(0, 4, (12,), generator=g)
     data = ClientData.from_indices(x, y, [np.arange(5), np.arange(5, 12)])
     specialists = net.init(0, torch.arange(2), "s")
-    clusters = net.init(0, torch.arange(3), "c")
+    models = net.init(0, torch.arange(3), "c")
+
+    def clusters(x: torch.Tensor) -> torch.Tensor:
+        return net.forward(models, x)
+
     ex = cache_experts(net, specialists, net.init(0, torch.tensor([0]), "g"), data, clusters)
     assert ex.log_pc is not None and ex.log_pc.shape == (2, 7, 3, 4) and ex.num_clusters == 3
     for m in range(3):
-        model = rows(clusters, torch.tensor([m]))
+        model = rows(models, torch.tensor([m]))
         torch.testing.assert_close(ex.log_pc[1, :7, m], net.forward(model, x[5:12][None])[0])
         torch.testing.assert_close(ex.log_pc[0, :5, m], net.forward(model, x[:5][None])[0])
     shared = cache_experts(
@@ -371,7 +376,7 @@ def test_moe_plus_fedbabu_is_moe_plus_over_fedbabus_personal_models() -> None:
 def test_moe_ifca_gate_over_cluster_models_round_trips_through_its_state() -> None:
     run, clients, inputs, test = _gate_setup()
     method = MoeIfca()
-    options = fg.GateOptions(lr=1e-2)
+    options = MoeIfcaOptions(lr=1e-2)
     own = method.personalise(run, options, clients, inputs, None)
     assert own.state["gate.t_clusters"].shape == (4, 2)
     torch.testing.assert_close(own.state[fg.SEEN], label_counts(clients.train, 3) > 0)
@@ -382,7 +387,7 @@ def test_moe_ifca_gate_over_cluster_models_round_trips_through_its_state() -> No
             personal_model(inputs["finetune"]),
             global_model(inputs["fedavg"]),
             d,
-            global_model(inputs["ifca"]),
+            cluster_experts(run, global_model(inputs["ifca"]), route=False),
             {"features"},
         )["features"]
         for d in (clients.train, clients.val, test)
@@ -395,8 +400,52 @@ def test_moe_ifca_gate_over_cluster_models_round_trips_through_its_state() -> No
     torch.testing.assert_close(ev.gate.g, direct.gate.g)
     # The fallback rule reads the clients' seen classes from the state (every class is
     # seen here: all the rule can do is leave the mixture as it is).
-    ruled = fg.GateOptions(lr=1e-2, fallback=0.9)
+    ruled = MoeIfcaOptions(lr=1e-2, fallback=0.9)
     torch.testing.assert_close(method.evaluate(run, ruled, own, inputs, test).accuracy, ev.accuracy)
+
+
+def test_moe_ifca_routed_mixes_ifcas_routed_mixture_as_one_expert() -> None:
+    run, clients, inputs, test = _gate_setup()
+    clusters = global_model(inputs["ifca"])
+    router = run.net.as_gate(2).init(0, torch.tensor([0]), "r")
+    ifca = Output(prefixed(clusters | prefixed(router, ROUTER), GLOBAL))
+    inputs = inputs | {"ifca": ifca}
+    method = MoeIfca()
+    options = MoeIfcaOptions(lr=1e-2, clusters="routed")
+    own = method.personalise(run, options, clients, inputs, None)
+    assert own.state["gate.t_clusters"].shape == (4, 1)
+    ev = method.evaluate(run, options, own, inputs, test)
+    experts = fg.experts_on(
+        run,
+        personal_model(inputs["finetune"]),
+        global_model(inputs["fedavg"]),
+        test,
+        cluster_experts(run, global_model(ifca), route=True),
+        {"features"},
+    )["features"]
+    # The one cluster expert is the router's mixture of the cluster models.
+    assert experts.log_pc is not None and experts.num_clusters == 1
+    log_r = torch.log_softmax(run.net.as_gate(2).forward(router, test.x[None]), -1)
+    log_pc = run.net.forward(clusters, test.x[None])
+    mixed = torch.logsumexp(log_r[0].T.unsqueeze(-1) + log_pc, 0)
+    for k in range(4):
+        rows_k = test.index[k, : int(test.n[k])]
+        torch.testing.assert_close(experts.log_pc[k, : len(rows_k), 0], mixed[rows_k])
+    assert ev.gate is not None and ev.gate.g.shape == (4, test.capacity)
+    # Routing needs a federation that trained a router.
+    with pytest.raises(ValueError, match="trained no router"):
+        method.personalise(
+            run, options, clients, inputs | {"ifca": Output(prefixed(clusters, GLOBAL))}, None
+        )
+
+
+def test_moe_ifca_routed_needs_ifcas_router_in_the_config() -> None:
+    base = {"methods": ["fedavg", "finetune", "ifca", "moe-ifca"]}
+    routed = {"moe-ifca": {"clusters": "routed"}}
+    with pytest.raises(ConfigError, match=r"clusters = 'routed'.*method.ifca.router = true"):
+        config.from_dict(base | {"method": routed})
+    cfg = config.from_dict(base | {"method": routed | {"ifca": {"router": True}}})
+    assert cfg.options("moe-ifca").clusters == "routed" and cfg.options("ifca").router
 
 
 def test_gate_options_reject_a_fallback_outside_0_to_1() -> None:

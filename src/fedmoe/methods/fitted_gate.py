@@ -15,6 +15,7 @@ from fedmoe.errors import ConfigError
 from fedmoe.federation import Clients, State
 from fedmoe.methods.base import Evaluated, GateValues, RunSpec
 from fedmoe.methods.gating import (
+    ClusterExperts,
     Experts,
     FittedGate,
     GateConfig,
@@ -91,7 +92,7 @@ def experts_on(
     specialists: Params,
     global_params: Params,
     data: ClientData,
-    clusters: Params | None,
+    clusters: ClusterExperts | None,
     inputs: set[str],
 ) -> dict[str, Experts]:
     """The frozen experts' outputs on ``data`` with each kind of gate ``inputs`` needed

@@ -44,7 +44,7 @@ mixture). Calibration and ``adjust`` apply to every global expert alike.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -59,6 +59,9 @@ from fedmoe.methods.params import prefixed, unprefixed
 from fedmoe.models import Model, Params
 
 GateInputs = Literal["features", "image"]
+#: Further global experts (cluster models, say): inputs ``(1, N, ...)`` to their
+#: log-probabilities ``(M, N, C)``.
+ClusterExperts = Callable[[torch.Tensor], torch.Tensor]
 GateData = Literal["heldout", "train"]
 PRIOR_SCALE = "prior.scale"
 #: Temperatures tried when calibrating an expert (log-spaced, 0.1 to 10).
@@ -148,12 +151,12 @@ def cache_experts(
     specialists: Params,
     global_params: Params,
     data: ClientData,
-    clusters: Params | None = None,
+    clusters: ClusterExperts | None = None,
 ) -> Experts:
     """Run the (frozen, eval-mode) experts once over ``data``: the clients'
-    ``specialists``, the global model and the ``clusters`` models (leading axis ``M``),
-    if any. The gate inputs are the global expert's features (see :func:`image_inputs`
-    for the raw inputs)."""
+    ``specialists``, the global model and the ``clusters`` experts, if any. The gate
+    inputs are the global expert's features (see :func:`image_inputs` for the raw
+    inputs)."""
     parts: list[list[torch.Tensor]] = []
     for x, y, _ in batches(data):
         log_ps = net.forward(specialists, x)
@@ -164,7 +167,7 @@ def cache_experts(
         log_pg = net.head(global_params, flat_feats).reshape(*x.shape[:2], -1)
         part = [feats, log_ps, log_pg, y[:1] if data.shared else y]
         if clusters is not None:
-            log_pc = net.forward(clusters, flat)  # (M, K*B, C)
+            log_pc = clusters(flat)  # (M, K*B, C)
             part.append(log_pc.reshape(-1, *x.shape[:2], log_pc.shape[-1]).permute(1, 2, 0, 3))
         parts.append(part)
     cat = [torch.cat(t, 1) for t in zip(*parts, strict=True)]

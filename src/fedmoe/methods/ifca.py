@@ -3,38 +3,106 @@ federated settings. In each round every sampled client trains the model with the
 lowest loss on its training data, and each model becomes the sample-weighted mean of
 the updates of the clients that chose it (a model no one chose is kept); a client's
 validation score is that of its best model. Each client is then evaluated with its
-model of lowest validation loss. An opt-out client trains nothing but still picks."""
+model of lowest validation loss. An opt-out client trains nothing but still picks.
+
+With ``router = true`` the federation also trains a *router*: a network of the
+classifier's architecture with one logit per cluster model that, per input, weighs the
+cluster models, ``p(y|x) = sum_j r_j(x) p_j(y|x)``. In each round every sampled client
+trains the router (from the server's) on its training data, with the shared local
+settings, to maximise that mixture's likelihood under the round's (frozen) cluster
+models, and the server averages the routers of all of them. A client's best cluster
+model serves inputs like its own; the routed mixture also serves inputs like other
+clients' (another client group's rotation, say), which a per-client choice cannot. It is
+reported as IFCA's ``routed`` variant and is the expert ``moe-ifca`` mixes with
+``clusters = "routed"``. The router rides along with every cluster model (its
+parameters under ``router.``, the same in each of the ``models`` rows), so the server's
+models keep one leading axis; training the router draws its own random streams, so the
+cluster models are the same with and without it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedmoe.engine import Classifier, ClientData, Evaluation, evaluate
+from fedmoe.engine import Classifier, ClientData, Dropout, Evaluation, evaluate, train
 from fedmoe.errors import ConfigError
 from fedmoe.federation import Clients, State, Update, num_models, weighted_mean
 from fedmoe.methods.base import Evaluated, Federated, Method, Output, RunSpec, global_model
 from fedmoe.methods.fedavg import local_training
-from fedmoe.methods.params import rows
-from fedmoe.models import Params
+from fedmoe.methods.params import broadcast, prefixed, rows, unprefixed
+from fedmoe.models import Model, Params
 
 #: Each client's chosen model in the output of ``ifca``.
 CHOICE = "choice"
+#: The prefix of the router's parameters among the server's.
+ROUTER = "router"
+#: The label of the routed mixture among IFCA's variants.
+ROUTED = "routed"
 
 
 @dataclass(frozen=True)
 class IfcaOptions:
-    """``models``: how many global (cluster) models."""
+    """``models``: how many global (cluster) models; ``router``: also federate a router
+    over them (see the module docstring)."""
 
     models: int = 3
+    router: bool = False
 
     def validate(self, where: str) -> None:
         if self.models < 2:
             raise ConfigError(f"{where}.models must be at least 2, got {self.models}")
+
+
+def router_network(net: Model, models: int) -> Model:
+    """The router: ``net``'s architecture with one logit per cluster model."""
+    return net.as_gate(models)
+
+
+def cluster_models(params: Params) -> Params:
+    """The cluster models (leading axis: one row per model) among an IFCA server's (or
+    federated output's ``global_model``) parameters."""
+    return {n: p for n, p in params.items() if not n.startswith(ROUTER + ".")}
+
+
+def router_params(params: Params) -> Params | None:
+    """The router (one row) among an IFCA server's parameters; ``None`` without one."""
+    router = unprefixed(params, ROUTER)
+    return {n: p[:1] for n, p in router.items()} or None
+
+
+@dataclass(frozen=True)
+class Routed:
+    """The routed mixture ``sum_j r_j(x) p_j(y|x)`` as an engine objective over the
+    router's parameters, the ``clusters`` models (leading axis ``M``) frozen and in
+    evaluation mode. Inputs ``(K|1, B, ...)`` give log-probs ``(K|1, B, C)``."""
+
+    net: Model
+    router: Model
+    clusters: Params
+
+    def log_probs(self, params: Params, x: torch.Tensor, dropout: Dropout | None) -> torch.Tensor:
+        dtype = next(iter(params.values())).dtype
+        mask = None if dropout is None else dropout.mask(self.router, x.shape[1], dtype)
+        log_r = torch.log_softmax(self.router.forward(params, x, mask), -1)  # (K, B, M)
+        with torch.no_grad():
+            # The cluster models are shared by every client: their inputs form one batch.
+            flat = self.net.forward(self.clusters, x.reshape(1, -1, *x.shape[2:]))
+            log_pc = flat.reshape(-1, *x.shape[:2], flat.shape[-1]).permute(1, 2, 0, 3)
+        return torch.logsumexp(log_r.unsqueeze(-1) + log_pc, 2)
+
+
+def routed(run: RunSpec, server: Params) -> tuple[Routed, Params]:
+    """The routed mixture of an IFCA server (or output's ``global_model``) trained with
+    a router: the objective and the router's parameters (one row)."""
+    router = router_params(server)
+    if router is None:
+        raise ValueError("this IFCA federation trained no router (method.ifca.router = false)")
+    clusters = cluster_models(server)
+    return Routed(run.net, router_network(run.net, num_models(clusters)), clusters), router
 
 
 @torch.no_grad()
@@ -56,12 +124,35 @@ def best_models(objective: Classifier, params: Params, data: ClientData) -> torc
     return evaluate_each(objective, params, data).loss.argmin(0)
 
 
+def cluster_experts(
+    run: RunSpec, server: Params, route: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An IFCA server's (or output's ``global_model``'s) experts for a gate: each cluster
+    model, or (``route``) the routed mixture as one; inputs ``(1, N, ...)`` to
+    log-probs ``(M, N, C)`` (``M = 1`` routed)."""
+    if route:
+        objective, router = routed(run, server)
+        return lambda x: objective.log_probs(router, x, None)
+    clusters = cluster_models(server)
+    return lambda x: run.net.forward(clusters, x)
+
+
+def _copies(params: Params, models: int) -> Params:
+    """One model (one row) repeated in ``models`` rows."""
+    return {n: p.expand(models, *p.shape[1:]).clone() for n, p in params.items()}
+
+
 class IfcaRounds(Federated):
     """IFCA's hooks (see the module docstring)."""
 
     def init(self, run: RunSpec, options: Any, device: torch.device) -> Params:
         models = torch.arange(options.models)
-        return run.net.init(run.seed, models, "clustered/init", run.dtype, device)
+        clusters = run.net.init(run.seed, models, "clustered/init", run.dtype, device)
+        if not options.router:
+            return clusters
+        router_net = router_network(run.net, options.models)
+        router = router_net.init(run.seed, torch.tensor([0]), "clustered/router", run.dtype, device)
+        return clusters | prefixed(_copies(router, options.models), ROUTER)
 
     def client_update(
         self,
@@ -72,26 +163,42 @@ class IfcaRounds(Federated):
         round_: int,
         state: State,
     ) -> Update:
-        best = best_models(Classifier(run.net), server, clients.train)
-        return Update(local_training(run, rows(server, best), clients, round_), best)
+        clusters = cluster_models(server)
+        best = best_models(Classifier(run.net), clusters, clients.train)
+        params = local_training(run, rows(clusters, best), clients, round_)
+        if options.router:
+            objective, router = routed(run, server)
+            start = broadcast(router, len(clients.ids))
+            keys = clients.keys(run.seed, f"ifca/router/round/{round_}")
+            trained = train(objective, start, clients.train, run.federation.local, keys).params
+            params |= prefixed(trained, ROUTER)
+        return Update(params, best)
 
     def aggregate(self, server: Params, update: Update, weights: torch.Tensor) -> Params:
         assert update.choice is not None
         choice = update.choice.cpu().numpy()
+        clusters = cluster_models(server)
         models = []
         for j in range(num_models(server)):
             chosen = torch.as_tensor(np.flatnonzero(choice == j), device=weights.device)
             if len(chosen) == 0:
-                models.append(rows(server, torch.tensor([j], device=chosen.device)))
+                models.append(rows(clusters, torch.tensor([j], device=chosen.device)))
             else:
-                models.append(weighted_mean(rows(update.params, chosen), weights[chosen]))
-        return {n: torch.cat([m[n] for m in models]) for n in server}
+                updates = cluster_models(rows(update.params, chosen))
+                models.append(weighted_mean(updates, weights[chosen]))
+        new = {n: torch.cat([m[n] for m in models]) for n in clusters}
+        router = unprefixed(update.params, ROUTER)
+        if router:
+            # Every sampled client trained the router: their mean, in every row.
+            mean = weighted_mean(router, weights)
+            new |= prefixed(_copies(mean, num_models(server)), ROUTER)
+        return new
 
     def validate(
         self, run: RunSpec, options: Any, server: Params, clients: Clients, state: State
     ) -> Evaluation:
         del state
-        every = evaluate_each(Classifier(run.net), server, clients.val)
+        every = evaluate_each(Classifier(run.net), cluster_models(server), clients.val)
         best = every.loss.argmin(0, keepdim=True)
         return Evaluation(
             every.loss.gather(0, best)[0], every.accuracy.gather(0, best)[0], clients.val.n
@@ -114,7 +221,8 @@ class Ifca(Method):
         federated: Output | None,
     ) -> Output:
         assert federated is not None
-        chosen = best_models(Classifier(run.net), global_model(federated), clients.val)
+        clusters = cluster_models(global_model(federated))
+        chosen = best_models(Classifier(run.net), clusters, clients.val)
         return Output(federated.state | {CHOICE: chosen}, info=federated.info)
 
     def evaluate(
@@ -126,12 +234,21 @@ class Ifca(Method):
         data: ClientData,
     ) -> Evaluated:
         chosen = own.state[CHOICE]
-        acc = evaluate_each(Classifier(run.net), global_model(own), data).accuracy
-        return Evaluated(acc.gather(0, chosen.unsqueeze(0))[0], scalars={"model": chosen})
+        server = global_model(own)
+        acc = evaluate_each(Classifier(run.net), cluster_models(server), data).accuracy
+        main = Evaluated(acc.gather(0, chosen.unsqueeze(0))[0], scalars={"model": chosen})
+        if not options.router:
+            return main
+        objective, router = routed(run, server)
+        mixed = Evaluated(evaluate(objective, router, data).accuracy)
+        variants = {f"best model per client ({options.models} models)": main, ROUTED: mixed}
+        return Evaluated(main.accuracy, variants=variants, scalars=main.scalars)
 
     def details(
         self, options: Any, scalars: Mapping[str, list[float]], variant: str | None = None
     ) -> dict[str, Any]:
+        if variant is not None:
+            return {}
         chosen = [int(m) for m in scalars["model"]]
         return {
             "models": options.models,
