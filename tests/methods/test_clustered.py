@@ -53,6 +53,17 @@ def _two_tasks(clients: int, per_client: int) -> tuple[ClientData, ClientData, n
     return train, val, np.arange(clients) % 2
 
 
+#: Federated settings under which two cluster models separate the toy tasks' groups.
+THIRTY_ROUNDS = {
+    "rounds": 30,
+    "clients_per_round": 4,
+    "local_epochs": 2,
+    "batch_size": 10,
+    "lr": 1e-2,
+    "early_stopping": False,
+}
+
+
 def _run(federated: dict[str, Any]) -> RunSpec:
     """A run of the two-task MLP (no dropout) with the ``federated`` settings."""
     net = build_network("mlp", (1, 4), 2, dropout=0.0)
@@ -72,16 +83,7 @@ def _federated(
 
 def test_clustered_models_separate_clients_that_need_different_models() -> None:
     train, val, group = _two_tasks(clients=8, per_client=40)
-    run = _run(
-        {
-            "rounds": 30,
-            "clients_per_round": 4,
-            "local_epochs": 2,
-            "batch_size": 10,
-            "lr": 1e-2,
-            "early_stopping": False,
-        }
-    )
+    run = _run(THIRTY_ROUNDS)
     clients = Clients(torch.arange(8), train, val, torch.zeros(8, dtype=torch.bool))
     objective = Classifier(run.net)
     ifca, options = Ifca(), IfcaOptions(models=2)
@@ -167,16 +169,7 @@ def _two_domains(clients: int, per_client: int) -> tuple[ClientData, ClientData,
 
 def test_the_router_serves_every_group_and_leaves_the_cluster_models_unchanged() -> None:
     train, val, test = _two_domains(clients=8, per_client=40)
-    run = _run(
-        {
-            "rounds": 30,
-            "clients_per_round": 4,
-            "local_epochs": 2,
-            "batch_size": 10,
-            "lr": 1e-2,
-            "early_stopping": False,
-        }
-    )
+    run = _run(THIRTY_ROUNDS)
     clients = Clients(torch.arange(8), train, val, torch.zeros(8, dtype=torch.bool))
     ifca = Ifca()
     plain, routed = IfcaOptions(models=2), IfcaOptions(models=2, router=True)
