@@ -106,7 +106,7 @@ def make_grid() -> Iterator[Any]:
             {
                 "moe": {"lr": 1e-3, "pool": "log-linear", "schedule": "staged"},
                 "moe-plus": {"inputs": "image", "prior": False, "data": "train"},
-                "ifca": {"router": True},
+                "ifca": {"router": "choice"},
                 "moe-ifca": {
                     "inputs": "image",
                     "calibrate": False,
@@ -132,7 +132,9 @@ def test_in_process_run_equals_the_embedded_run(
         assert flower["methods"][name] == embedded["methods"][name], name
     if "ablation" in method.get("moe-plus", {}):
         assert len(flower["methods"]["moe-plus"]["variants"]) > 1
-    if method.get("ifca", {}).get("router"):  # the routed mixture travelled and was scored
+    if (
+        method.get("ifca", {}).get("router", "none") != "none"
+    ):  # the routed mixture travelled and was scored
         assert "routed" in flower["methods"]["ifca"]["variants"]
     assert flower["clients"] == embedded["clients"]
     assert flower["partition"]["opt_out"] == embedded["partition"]["opt_out"]

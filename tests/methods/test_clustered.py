@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from fedmoe.engine import Classifier, ClientData, evaluate
@@ -21,6 +22,7 @@ from fedmoe.methods.ifca import (
     Ifca,
     IfcaOptions,
     IfcaRounds,
+    RouterTarget,
     best_models,
     cluster_models,
     router_params,
@@ -167,12 +169,15 @@ def _two_domains(clients: int, per_client: int) -> tuple[ClientData, ClientData,
     return train, val, test
 
 
-def test_the_router_serves_every_group_and_leaves_the_cluster_models_unchanged() -> None:
+@pytest.mark.parametrize("target", ["choice", "likelihood"])
+def test_the_router_serves_every_group_and_leaves_the_cluster_models_unchanged(
+    target: RouterTarget,
+) -> None:
     train, val, test = _two_domains(clients=8, per_client=40)
     run = _run(THIRTY_ROUNDS)
     clients = Clients(torch.arange(8), train, val, torch.zeros(8, dtype=torch.bool))
     ifca = Ifca()
-    plain, routed = IfcaOptions(models=2), IfcaOptions(models=2, router=True)
+    plain, routed = IfcaOptions(models=2), IfcaOptions(models=2, router=target)
     _, plain_out = _federated(run, ifca, plain, clients)
     _, out = _federated(run, ifca, routed, clients)
     models = global_model(out)

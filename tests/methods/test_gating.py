@@ -442,10 +442,12 @@ def test_moe_ifca_routed_mixes_ifcas_routed_mixture_as_one_expert() -> None:
 def test_moe_ifca_routed_needs_ifcas_router_in_the_config() -> None:
     base = {"methods": ["fedavg", "finetune", "ifca", "moe-ifca"]}
     routed = {"moe-ifca": {"clusters": "routed"}}
-    with pytest.raises(ConfigError, match=r"clusters = 'routed'.*method.ifca.router = true"):
+    with pytest.raises(
+        ConfigError, match=r"clusters = 'routed'.*method.ifca.router = 'choice' or 'likelihood'"
+    ):
         config.from_dict(base | {"method": routed})
-    cfg = config.from_dict(base | {"method": routed | {"ifca": {"router": True}}})
-    assert cfg.options("moe-ifca").clusters == "routed" and cfg.options("ifca").router
+    cfg = config.from_dict(base | {"method": routed | {"ifca": {"router": "choice"}}})
+    assert cfg.options("moe-ifca").clusters == "routed" and cfg.options("ifca").router == "choice"
 
 
 def test_gate_options_reject_a_fallback_outside_0_to_1() -> None:

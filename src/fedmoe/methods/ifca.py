@@ -5,12 +5,15 @@ the updates of the clients that chose it (a model no one chose is kept); a clien
 validation score is that of its best model. Each client is then evaluated with its
 model of lowest validation loss. An opt-out client trains nothing but still picks.
 
-With ``router = true`` the federation also trains a *router*: a network of the
-classifier's architecture with one logit per cluster model that, per input, weighs the
-cluster models, ``p(y|x) = sum_j r_j(x) p_j(y|x)``. In each round every sampled client
-trains the router (from the server's) on its training data, with the shared local
-settings, to maximise that mixture's likelihood under the round's (frozen) cluster
-models, and the server averages the routers of all of them. A client's best cluster
+With ``router`` other than ``"none"`` the federation also trains a *router*: a network
+of the classifier's architecture with one logit per cluster model that, per input,
+weighs the cluster models, ``p(y|x) = sum_j r_j(x) p_j(y|x)``. In each round every
+sampled client trains the router (from the server's) on its training data, with the
+shared local settings, and the server averages the routers of all of them. The router
+learns either to name the cluster model the client chose this round for each of its
+inputs (``"choice"``: a classifier of which client group an input comes from) or to
+maximise the routed mixture's likelihood under the round's (frozen) cluster models
+(``"likelihood"``: the mixture-of-experts objective). A client's best cluster
 model serves inputs like its own; the routed mixture also serves inputs like other
 clients' (another client group's rotation, say), which a per-client choice cannot. It is
 reported as IFCA's ``routed`` variant and is the expert ``moe-ifca`` mixes with
@@ -23,12 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from fedmoe.engine import Classifier, ClientData, Dropout, Evaluation, evaluate, train
+from fedmoe.engine.objective import mean_nll
 from fedmoe.errors import ConfigError
 from fedmoe.federation import Clients, State, Update, num_models, weighted_mean
 from fedmoe.methods.base import Evaluated, Federated, Method, Output, RunSpec, global_model
@@ -44,13 +48,19 @@ ROUTER = "router"
 ROUTED = "routed"
 
 
+RouterTarget = Literal["none", "choice", "likelihood"]
+#: The name of the trained clients' chosen model among a ``"choice"`` router's inputs.
+TARGET = "target"
+
+
 @dataclass(frozen=True)
 class IfcaOptions:
     """``models``: how many global (cluster) models; ``router``: also federate a router
-    over them (see the module docstring)."""
+    over them, trained to name the client's chosen model or on the routed mixture's
+    likelihood (see the module docstring)."""
 
     models: int = 3
-    router: bool = False
+    router: RouterTarget = "none"
 
     def validate(self, where: str) -> None:
         if self.models < 2:
@@ -95,12 +105,38 @@ class Routed:
         return torch.logsumexp(log_r.unsqueeze(-1) + log_pc, 2)
 
 
+@dataclass(frozen=True)
+class ChoiceTarget:
+    """The router trained to name each client's chosen cluster model (``TARGET`` among
+    its inputs, ``(K, 1)``) for every one of the client's inputs."""
+
+    router: Model
+
+    def log_probs(self, params: Params, x: torch.Tensor, dropout: Dropout | None) -> torch.Tensor:
+        weights = {n: p for n, p in params.items() if n != TARGET}
+        dtype = next(iter(weights.values())).dtype
+        mask = None if dropout is None else dropout.mask(self.router, x.shape[1], dtype)
+        return torch.log_softmax(self.router.forward(weights, x, mask), -1)
+
+    def client_loss(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        valid: torch.Tensor,
+        dropout: Dropout | None,
+    ) -> torch.Tensor:
+        del y
+        target = params[TARGET].long().expand_as(valid)
+        return mean_nll(self.log_probs(params, x, dropout), target, valid)
+
+
 def routed(run: RunSpec, server: Params) -> tuple[Routed, Params]:
     """The routed mixture of an IFCA server (or output's ``global_model``) trained with
     a router: the objective and the router's parameters (one row)."""
     router = router_params(server)
     if router is None:
-        raise ValueError("this IFCA federation trained no router (method.ifca.router = false)")
+        raise ValueError("this IFCA federation trained no router (method.ifca.router = 'none')")
     clusters = cluster_models(server)
     return Routed(run.net, router_network(run.net, num_models(clusters)), clusters), router
 
@@ -137,6 +173,22 @@ def cluster_experts(
     return lambda x: run.net.forward(clusters, x)
 
 
+def _train_router(
+    run: RunSpec, options: Any, server: Params, clients: Clients, round_: int, best: torch.Tensor
+) -> Params:
+    """Round ``round_``'s router of each client of ``clients`` (which chose the models
+    ``best``), trained from the server's."""
+    mixture, router = routed(run, server)
+    start = broadcast(router, len(clients.ids))
+    keys = clients.keys(run.seed, f"ifca/router/round/{round_}")
+    local = run.federation.local
+    if options.router == "likelihood":
+        return train(mixture, start, clients.train, local, keys).params
+    target = {TARGET: best.to(next(iter(router.values())).dtype).unsqueeze(1)}
+    objective = ChoiceTarget(mixture.router)
+    return train(objective, start, clients.train, local, keys, fixed=target).params
+
+
 def _copies(params: Params, models: int) -> Params:
     """One model (one row) repeated in ``models`` rows."""
     return {n: p.expand(models, *p.shape[1:]).clone() for n, p in params.items()}
@@ -148,7 +200,7 @@ class IfcaRounds(Federated):
     def init(self, run: RunSpec, options: Any, device: torch.device) -> Params:
         models = torch.arange(options.models)
         clusters = run.net.init(run.seed, models, "clustered/init", run.dtype, device)
-        if not options.router:
+        if options.router == "none":
             return clusters
         router_net = router_network(run.net, options.models)
         router = router_net.init(run.seed, torch.tensor([0]), "clustered/router", run.dtype, device)
@@ -166,12 +218,8 @@ class IfcaRounds(Federated):
         clusters = cluster_models(server)
         best = best_models(Classifier(run.net), clusters, clients.train)
         params = local_training(run, rows(clusters, best), clients, round_)
-        if options.router:
-            objective, router = routed(run, server)
-            start = broadcast(router, len(clients.ids))
-            keys = clients.keys(run.seed, f"ifca/router/round/{round_}")
-            trained = train(objective, start, clients.train, run.federation.local, keys).params
-            params |= prefixed(trained, ROUTER)
+        if options.router != "none":
+            params |= prefixed(_train_router(run, options, server, clients, round_, best), ROUTER)
         return Update(params, best)
 
     def aggregate(self, server: Params, update: Update, weights: torch.Tensor) -> Params:
@@ -237,7 +285,7 @@ class Ifca(Method):
         server = global_model(own)
         acc = evaluate_each(Classifier(run.net), cluster_models(server), data).accuracy
         main = Evaluated(acc.gather(0, chosen.unsqueeze(0))[0], scalars={"model": chosen})
-        if not options.router:
+        if options.router == "none":
             return main
         objective, router = routed(run, server)
         mixed = Evaluated(evaluate(objective, router, data).accuracy)

@@ -3,7 +3,7 @@ fine-tuned specialist, the global model and IFCA's cluster models, one softmax w
 per expert (see :mod:`fedmoe.methods.gating`).
 
 ``clusters = "routed"`` replaces the cluster models by one expert, IFCA's routed mixture
-(``method.ifca.router = true``, see :mod:`fedmoe.methods.ifca`): its federated router
+(``method.ifca.router`` other than ``"none"``, see :mod:`fedmoe.methods.ifca`): its federated router
 picks the cluster model per input, so the expert also serves inputs unlike the client's
 own, which a gate fitted on the client's data alone cannot route."""
 
@@ -48,11 +48,11 @@ class MoeIfca(Method):
 
     def validate(self, options: Any, config: Mapping[str, Any]) -> None:
         fg.check_heldout(f"method.{self.name}", options.gate(), config)
-        router = config.get("method", {}).get(Ifca.name, {}).get("router", False)
-        if options.clusters == "routed" and not router:
+        router = config.get("method", {}).get(Ifca.name, {}).get("router", "none")
+        if options.clusters == "routed" and router == "none":
             raise ConfigError(
                 f"method.{self.name}.clusters = 'routed' mixes IFCA's routed mixture and "
-                f"needs method.{Ifca.name}.router = true"
+                f"needs method.{Ifca.name}.router = 'choice' or 'likelihood'"
             )
 
     def _experts(
