@@ -448,6 +448,8 @@ def test_moe_ifca_routed_needs_ifcas_router_in_the_config() -> None:
         config.from_dict(base | {"method": routed})
     cfg = config.from_dict(base | {"method": routed | {"ifca": {"router": "choice"}}})
     assert cfg.options("moe-ifca").clusters == "routed" and cfg.options("ifca").router == "choice"
+    with pytest.raises(ConfigError, match=r"method.ifca.router_lr must be positive, got 0"):
+        config.from_dict(base | {"method": {"ifca": {"router_lr": 0.0}}})
 
 
 def test_gate_options_reject_a_fallback_outside_0_to_1() -> None:
