@@ -101,6 +101,13 @@ def router_params(params: Params) -> Params | None:
     return {n: p[:1] for n, p in router.items()} or None
 
 
+def route(router: Model, params: Params, x: torch.Tensor, dropout: Dropout | None) -> torch.Tensor:
+    """The ``router``'s log weights over the cluster models, ``(K|1, B, M)``."""
+    dtype = next(iter(params.values())).dtype
+    mask = None if dropout is None else dropout.mask(router, x.shape[1], dtype)
+    return torch.log_softmax(router.forward(params, x, mask), -1)
+
+
 @dataclass(frozen=True)
 class Routed:
     """The routed mixture ``sum_j r_j(x) p_j(y|x)`` as an engine objective over the
@@ -112,9 +119,7 @@ class Routed:
     clusters: Params
 
     def log_probs(self, params: Params, x: torch.Tensor, dropout: Dropout | None) -> torch.Tensor:
-        dtype = next(iter(params.values())).dtype
-        mask = None if dropout is None else dropout.mask(self.router, x.shape[1], dtype)
-        log_r = torch.log_softmax(self.router.forward(params, x, mask), -1)  # (K, B, M)
+        log_r = route(self.router, params, x, dropout)  # (K, B, M)
         with torch.no_grad():
             # The cluster models are shared by every client: their inputs form one batch.
             flat = self.net.forward(self.clusters, x.reshape(1, -1, *x.shape[2:]))
@@ -130,10 +135,7 @@ class ChoiceTarget:
     router: Model
 
     def log_probs(self, params: Params, x: torch.Tensor, dropout: Dropout | None) -> torch.Tensor:
-        weights = {n: p for n, p in params.items() if n != TARGET}
-        dtype = next(iter(weights.values())).dtype
-        mask = None if dropout is None else dropout.mask(self.router, x.shape[1], dtype)
-        return torch.log_softmax(self.router.forward(weights, x, mask), -1)
+        return route(self.router, {n: p for n, p in params.items() if n != TARGET}, x, dropout)
 
     def client_loss(
         self,
@@ -209,7 +211,7 @@ def _train_router(
 
 def _copies(params: Params, models: int) -> Params:
     """One model (one row) repeated in ``models`` rows."""
-    return {n: p.expand(models, *p.shape[1:]).clone() for n, p in params.items()}
+    return {n: p.clone() for n, p in broadcast(params, models).items()}
 
 
 class IfcaRounds(Federated):
