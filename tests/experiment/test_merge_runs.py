@@ -3,7 +3,6 @@ the whole list; runs of different configs, or disagreeing on a shared method, do
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -11,15 +10,11 @@ from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "merge_runs.py"
+from script_loader import load_script
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("merge_runs", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("merge_runs.py")
 
 
 def _run(methods: dict[str, float], seed: int = 0) -> dict[str, Any]:

@@ -4,7 +4,6 @@ respected, and every method writes a self-describing entry."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import platform
 from pathlib import Path
@@ -19,6 +18,7 @@ from fedmoe.errors import PartitionError
 from fedmoe.experiment import config, presets
 from fedmoe.experiment.results import write_results
 from fedmoe.experiment.run import run_experiment
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -62,13 +62,7 @@ SMALL: dict[str, Any] = {
 
 
 def _migrate() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "migrate", ROOT / "scripts" / "migrate-results.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("migrate-results.py")
 
 
 def _recorded(name: str) -> tuple[dict[str, Any], dict[str, Any]]:

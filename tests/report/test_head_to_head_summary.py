@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from .test_report import add_method, entry, make_sweep
+from script_loader import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "head-to-head-summary.py"
+from .test_report import add_method, entry, make_sweep
 
 
 def _summary() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("head_to_head_summary", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("head-to-head-summary.py")
 
 
 def _rows(text: str) -> dict[str, list[str]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import statistics
 from pathlib import Path
@@ -14,9 +13,9 @@ import pytest
 
 from fedmoe.experiment import config
 from fedmoe.report import write_report
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "migrate-results.py"
 FIXTURES = ROOT / "tests" / "fixtures"
 ALL = FIXTURES / "results-all-methods.json"
 QUICK = FIXTURES / "results-quick.json"
@@ -65,11 +64,7 @@ TOP = [
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("migrate_results", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("migrate-results.py")
 
 
 def _load(path: Path) -> dict[str, Any]:

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "rotation_groups.py"
+from script_loader import load_script
 
 
 def _main(argv: list[str]) -> int:
-    spec = importlib.util.spec_from_file_location("rotation_groups", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return int(module.main(argv))
+    return int(load_script("rotation_groups.py").main(argv))
 
 
 def _results(tmp_path: Path, rotations: int) -> Path:

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from .test_report import make_sweep
+from script_loader import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "targets.py"
+from .test_report import make_sweep
 
 
 def _targets() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("targets", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("targets.py")
 
 
 def _rows(text: str) -> dict[str, list[str]]:
