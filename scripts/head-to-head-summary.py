@@ -16,13 +16,12 @@ elsewhere (p = 0.2, the new-clients cells, reported apart) its column shows "-".
 
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
 from fedmoe.errors import FedmoeError
 from fedmoe.report.leaderboard import BOUNDS, best_baseline, cell_title, percent, ranking
-from fedmoe.report.paired import differences
+from fedmoe.report.paired import differences, signed_mean
 from fedmoe.sweep.reader import Cell, Sweep, accuracy, read_sweep
 
 FAMILIES = ("majority", "dirichlet", "new-clients", "rotated")
@@ -68,10 +67,7 @@ def _paired(cell: Cell, method: str, baseline: str) -> str:
     points = [100 * d for d in differences(cell, method, baseline, "local")]
     if not points:
         return "-"
-    text = f"{statistics.fmean(points):+.2f}"
-    if len(points) > 1:
-        text += f" ± {statistics.stdev(points):.2f}"
-    return f"{text} ({sum(p > 0 for p in points)} of {len(points)})"
+    return f"{signed_mean(points)} ({sum(p > 0 for p in points)} of {len(points)})"
 
 
 def _target(sweep: Sweep, cell: Cell, best: str) -> str:

@@ -22,7 +22,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from fedmoe.report.paired import differences
+from fedmoe.report.paired import differences, signed_mean
 from fedmoe.sweep.reader import Cell, Stat, Sweep, accuracy, diverged, runs_of
 
 #: Methods that are bounds, not candidates: never "the best baseline".
@@ -167,13 +167,10 @@ def _against_best(sweep: Sweep, cell: Cell) -> str:
         if not diffs:
             continue
         points = [100 * d for d in diffs]
-        text = f"{statistics.fmean(points):+.2f}"
-        if len(points) > 1:
-            text += f" ± {statistics.stdev(points):.2f}"
         ahead = sum(p > 0 for p in points)
         line = (
             f"- {sweep.label(contender)} minus {sweep.label(best)} (the best baseline), local "
-            f"test: {text} points, ahead in {ahead} of {len(points)} seed(s)"
+            f"test: {signed_mean(points)} points, ahead in {ahead} of {len(points)} seed(s)"
         )
         ours = accuracy(cell, contender, "global")
         if fedavg.n and fedavg.mean > 0 and ours.n:

@@ -28,15 +28,20 @@ def differences(cell: Cell, method: str, baseline: str, split: str) -> list[floa
     ]
 
 
+def signed_mean(points: Sequence[float]) -> str:
+    """Paired differences in points as ``+mean``, with `` ± sample std`` over several."""
+    text = f"{statistics.fmean(points):+.2f}"
+    if len(points) > 1:
+        text += f" ± {statistics.stdev(points):.2f}"
+    return text
+
+
 def _entry(diffs: Sequence[float]) -> str:
     if not diffs:
         return "-"
     points = [100 * d for d in diffs]
     ahead = sum(p > 0 for p in points)
-    text = f"{statistics.fmean(points):+.2f}"
-    if len(points) > 1:
-        text += f" ± {statistics.stdev(points):.2f}"
-    return f"{text} ({ahead}/{len(points)})"
+    return f"{signed_mean(points)} ({ahead}/{len(points)})"
 
 
 def pairs(sweep: Sweep, split: str) -> list[tuple[str, str]]:
