@@ -66,13 +66,15 @@ def test_the_summary_ranks_pairs_and_checks_the_target_where_it_applies(tmp_path
     assert rows["majority p = 0.9"][-1] == "NOT met: no mixture first"
 
 
-def test_the_new_clients_cells_are_reported_without_the_target(tmp_path: Path) -> None:
+def test_the_target_covers_the_new_clients_cells_but_not_p_below_one_half(
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "h2h"
     make_sweep(root / "new-clients", {"opt_out": ["0.2"]}, [0])
     make_sweep(root / "dirichlet", {"alpha": ["0.3"]}, [0])
     rows = _rows(_summary().table(root))
     assert list(rows) == ["dirichlet alpha = 0.3", "new-clients opt_out = 0.2"]
-    assert rows["new-clients opt_out = 0.2"][-1] == "-"
+    assert rows["new-clients opt_out = 0.2"][-1].startswith("NOT met")
     assert rows["dirichlet alpha = 0.3"][-1].startswith("NOT met")
 
 
