@@ -66,9 +66,7 @@ def test_the_summary_ranks_pairs_and_checks_the_target_where_it_applies(tmp_path
     assert rows["majority p = 0.9"][-1] == "NOT met: no mixture first"
 
 
-def test_the_target_covers_the_new_clients_cells_but_not_p_below_one_half(
-    tmp_path: Path,
-) -> None:
+def test_the_target_covers_the_new_clients_cells(tmp_path: Path) -> None:
     root = tmp_path / "h2h"
     make_sweep(root / "new-clients", {"opt_out": ["0.2"]}, [0])
     make_sweep(root / "dirichlet", {"alpha": ["0.3"]}, [0])
