@@ -14,6 +14,15 @@ for run in "$dest"/runs/*/; do
         exit 1
     fi
 done
+# Never publish a table that lacks a finished run (written by a sweep over fewer seeds).
+for run in "$src"/runs/*/; do
+    [ -f "$run/results.json" ] || continue
+    name=$(basename "$run")
+    if ! awk -F, -v r="runs/$name" '{ sub(/\r$/, "") } $NF == r { found = 1 } END { exit !found }' "$src/sweep.csv"; then
+        echo "$0: $src/sweep.csv lacks its finished run $name (written by a sweep over fewer seeds?): run the sweep again with every seed, which skips finished runs and rewrites it" >&2
+        exit 1
+    fi
+done
 rm -rf "$dest"
 mkdir -p "$dest/runs"
 cp "$src/sweep.csv" "$dest/"

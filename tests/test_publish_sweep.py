@@ -1,5 +1,5 @@
-"""scripts/publish-sweep.sh: copies a sweep's finished runs, and never drops a published
-run the sweep lacks."""
+"""scripts/publish-sweep.sh: copies a sweep's finished runs, never drops a published run
+the sweep lacks, and never publishes a sweep table that lacks a finished run."""
 
 from __future__ import annotations
 
@@ -11,9 +11,13 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "publish-sweep.sh"
 FILES = ("results.json", "results.md", "rounds.csv", "config.toml")
 
 
-def _sweep(root: Path, runs: list[str], unfinished: str | None = None) -> Path:
+def _sweep(
+    root: Path, runs: list[str], unfinished: str | None = None, table: list[str] | None = None
+) -> Path:
     (root / "runs").mkdir(parents=True)
-    (root / "sweep.csv").write_text("cell,seed\n")
+    # Python's csv module ends each row with \r\n.
+    rows = "".join(f"x,runs/{name}\r\n" for name in (runs if table is None else table))
+    (root / "sweep.csv").write_bytes(("cell,run\r\n" + rows).encode())
     for name in runs:
         (root / "runs" / name / "checkpoints").mkdir(parents=True)
         for f in FILES:
@@ -36,7 +40,7 @@ def test_publishes_finished_runs_without_checkpoints(tmp_path: Path) -> None:
     assert _publish(src, dest).returncode == 0
     assert sorted(p.name for p in (dest / "runs").iterdir()) == ["a-s0", "b-s0"]
     assert sorted(p.name for p in (dest / "runs" / "a-s0").iterdir()) == sorted(FILES)
-    assert (dest / "sweep.csv").read_text() == "cell,seed\n"
+    assert (dest / "sweep.csv").read_bytes() == (src / "sweep.csv").read_bytes()
 
 
 def test_refuses_to_drop_a_published_run_the_sweep_lacks(tmp_path: Path) -> None:
@@ -48,3 +52,14 @@ def test_refuses_to_drop_a_published_run_the_sweep_lacks(tmp_path: Path) -> None
     assert len(done.stderr.strip().splitlines()) == 1
     assert (dest / "runs" / "old-s0" / "results.json").exists()  # untouched
     assert not (dest / "runs" / "b-s0").exists()
+
+
+def test_refuses_a_table_that_lacks_a_finished_run(tmp_path: Path) -> None:
+    # A sweep over fewer seeds rewrote the table; the run directory has seed 1 too.
+    src = _sweep(tmp_path / "sweep", ["a-s0", "a-s1"], table=["a-s0"])
+    dest = _sweep(tmp_path / "docs" / "sweep", ["a-s0", "a-s1"])
+    done = _publish(src, dest)
+    assert done.returncode == 1
+    assert "sweep.csv lacks its finished run a-s1" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "x,runs/a-s1" in (dest / "sweep.csv").read_text()  # untouched
