@@ -232,6 +232,8 @@ def test_sweep_and_run_commands_set_the_threads(
         main([*args, str(tmp_path / "s"), "--threads", "1"])
         results = json.loads((tmp_path / "s" / "runs" / "p=0.5-s0" / "results.json").read_text())
         assert results["threads"] == 1
+        # The kernels torch chose for this CPU (their rounding differs between them).
+        assert results["versions"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
         run = ["run", "--config", str(toml), "--quiet", "--out", str(tmp_path / "r")]
         assert "--threads must be at least 1, got -1" in _cli_error(capsys, *run, "--threads=-1")
         torch.set_num_threads(2)

@@ -204,6 +204,8 @@ def run_experiment(
             "python": platform.python_version(),
             "torch": torch.__version__,
             "numpy": np.__version__,
+            # torch picks its CPU kernels by instruction set, and their rounding differs.
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         },
         "threads": torch.get_num_threads(),
         "device": str(device),

@@ -111,6 +111,8 @@ def flower_results(
             "torch": torch.__version__,
             "numpy": np.__version__,
             "flwr": flwr.__version__,
+            # torch picks its CPU kernels by instruction set, and their rounding differs.
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         },
         "threads": torch.get_num_threads(),
         "device": cfg.device,
