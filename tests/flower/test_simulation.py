@@ -106,6 +106,10 @@ def test_simulation_matches_embedded_run(tmp_path: Path, one_thread: None) -> No
     assert flower["partition"]["opt_out"] == embedded["partition"]["opt_out"]
     assert flower["partition"]["majority"] == embedded["partition"]["majority"]
     assert flower["partition"]["params"] == embedded["partition"]["params"]
+    # Same provenance record, plus Flower's version.
+    import flwr
+
+    assert flower["versions"] == {**embedded["versions"], "flwr": flwr.__version__}
 
     # Same schedules, same stopping decisions, for each federated method.
     assert list(flower["methods"]) == list(embedded["methods"]) == METHODS

@@ -11,7 +11,6 @@ personalisation of every client (opt-out included) -> evaluation.
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from fedmoe.experiment.prepare import (
     resolve_device,
     run_spec,
 )
+from fedmoe.experiment.provenance import versions
 from fedmoe.federation import Clients, FederationServer, RoundRecord
 from fedmoe.methods import registry
 from fedmoe.methods.base import Method, Output, ProgressFactory, RunSpec, federated_output
@@ -199,14 +199,7 @@ def run_experiment(
         "clients": list(range(k)),
         "methods": methods,
         "timing_s": timer.seconds,
-        "versions": {
-            "fedmoe": fedmoe.__version__,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            # torch picks its CPU kernels by instruction set, and their rounding differs.
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        },
+        "versions": versions(),
         "threads": torch.get_num_threads(),
         "device": str(device),
     }

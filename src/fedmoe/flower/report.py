@@ -12,17 +12,16 @@ message the server received.
 from __future__ import annotations
 
 import dataclasses
-import platform
 from typing import Any
 
 import flwr
-import numpy as np
 import torch
 from flwr.app import Message
 
 import fedmoe
 from fedmoe.experiment.config import ExperimentConfig, to_dict
 from fedmoe.experiment.entries import SPLITS, Scores, method_entry
+from fedmoe.experiment.provenance import versions
 from fedmoe.federation import FederationServer
 from fedmoe.flower.log import FederationLog
 from fedmoe.flower.messages import METRICS, VARIANTS
@@ -105,15 +104,7 @@ def flower_results(
         "clients": clients,
         "methods": _entries(cfg, servers, clients, evaluated),
         "timing_s": log.timing,
-        "versions": {
-            "fedmoe": fedmoe.__version__,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "flwr": flwr.__version__,
-            # torch picks its CPU kernels by instruction set, and their rounding differs.
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        },
+        "versions": versions(flwr=flwr.__version__),
         "threads": torch.get_num_threads(),
         "device": cfg.device,
         "flower": {
