@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -132,6 +133,25 @@ def test_server_validates_every_check_every_rounds_and_counts_patience_in_checks
     other = FederationServer({"w": torch.zeros(1, 2)}, np.array([0]), cfg, seed=0)
     other.load_state_dict(server.state_dict())
     assert other.summary() == summary and other.stopped and other.finished
+
+
+@pytest.mark.parametrize("early_stopping", [EarlyStopping(1, 5, 0.0), None])
+def test_server_stops_when_the_model_diverges_but_not_when_no_client_replied(
+    early_stopping: EarlyStopping | None,
+) -> None:
+    cfg = FederationConfig(
+        rounds=10, clients_per_round=1, local=_cfg(), early_stopping=early_stopping
+    )
+    server = FederationServer({"w": torch.zeros(1, 2)}, np.array([0]), cfg, seed=0)
+    assert not server.record(0, [0], 1.0, 0.5)
+    # No client replied (Flower): loss and accuracy both NaN; the phase goes on.
+    assert not server.record(1, [0], math.nan, math.nan)
+    assert not server.record(2, [0], 0.5, 0.6)
+    # Diverged: the loss is not finite while the accuracy is (patience 5 is far off).
+    assert server.record(3, [0], math.inf, 0.1)
+    assert server.stopped and server.finished and server.best_round == 2
+    server = FederationServer({"w": torch.zeros(1, 2)}, np.array([0]), cfg, seed=0)
+    assert server.record(0, [0], math.nan, 0.1)
 
 
 def _toy(num_clients: int = 4, per_client: int = 20) -> tuple[ClientData, ClientData, torch.Tensor]:

@@ -103,7 +103,9 @@ class FederationServer:
     ) -> bool:
         """Record ``round_``: its validation on check rounds (see :meth:`validates`),
         where a copy is kept if it is the best so far, and nothing else on the others.
-        Returns ``True`` when training should stop (early stopping)."""
+        Returns ``True`` when training should stop: early stopping, or a diverged model
+        (a non-finite validation loss beside a finite accuracy, so some client did reply:
+        its parameters cannot come back, and the best round validated before is kept)."""
         if val_loss is None:
             self.history.append(RoundRecord(round_, clients, None, None, False, clusters))
             return self.stopped
@@ -117,7 +119,8 @@ class FederationServer:
         self.history.append(
             RoundRecord(round_, clients, val_loss, val_accuracy, improved, clusters)
         )
-        self.stopped = es is not None and self._wait >= es.patience
+        diverged = not math.isfinite(val_loss) and math.isfinite(val_accuracy or math.nan)
+        self.stopped = diverged or (es is not None and self._wait >= es.patience)
         return self.stopped
 
     @property
