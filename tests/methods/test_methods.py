@@ -152,6 +152,9 @@ def test_server_stops_when_the_model_diverges_but_not_when_no_client_replied(
     assert server.stopped and server.finished and server.best_round == 2
     server = FederationServer({"w": torch.zeros(1, 2)}, np.array([0]), cfg, seed=0)
     assert server.record(0, [0], math.nan, 0.1)
+    # An accuracy of exactly 0 is still a reply.
+    server = FederationServer({"w": torch.zeros(1, 2)}, np.array([0]), cfg, seed=0)
+    assert server.record(0, [0], math.nan, 0.0)
 
 
 def _toy(num_clients: int = 4, per_client: int = 20) -> tuple[ClientData, ClientData, torch.Tensor]:

@@ -119,7 +119,8 @@ class FederationServer:
         self.history.append(
             RoundRecord(round_, clients, val_loss, val_accuracy, improved, clusters)
         )
-        diverged = not math.isfinite(val_loss) and math.isfinite(val_accuracy or math.nan)
+        replied = val_accuracy is not None and math.isfinite(val_accuracy)
+        diverged = replied and not math.isfinite(val_loss)
         self.stopped = diverged or (es is not None and self._wait >= es.patience)
         return self.stopped
 
